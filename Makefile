@@ -1,0 +1,57 @@
+# vidtag: `make serve` starts the service on the bundled model, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PROTO   = proto/vidtag/v1/tagger.proto
+STUBS   = src/vidtag/v1/tagger_pb2.py
+PORT   ?= 50051
+MODELS ?= models
+# The default model: how it was trained (make model reproduces it).
+SEED_TRAIN ?= 1
+SEED_TEST  ?= 2
+N_TRAIN    ?= 3000
+N_TEST     ?= 200
+WORK       ?= build/stb1
+
+.PHONY: install proto serve test test-slow lint typecheck model eval-default clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[train,dev]"
+	touch $@
+
+install: $(STAMP) $(STUBS)
+
+$(STUBS): $(PROTO) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=src --pyi_out=src --grpc_python_out=src $(PROTO)
+
+proto: $(STUBS)
+
+serve: install
+	$(VENV)/bin/vidtag serve --port $(PORT) --models $(MODELS)
+
+test: install
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+test-slow: install
+	$(PY) -m pytest -q -m "slow"
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy src
+
+# Reproduce the bundled default model: synthesise STB-1 train and test splits, train, export, evaluate.
+model: install
+	$(VENV)/bin/vidtag synth --split train --count $(N_TRAIN) --seed $(SEED_TRAIN) --out $(WORK)/train
+	$(VENV)/bin/vidtag train --manifest $(WORK)/train/manifest.jsonl --out $(WORK)/run
+	$(VENV)/bin/vidtag export --checkpoint $(WORK)/run/best.pt --out $(MODELS) --name stb1 --version $$(date +%Y%m%d%H%M)
+	$(MAKE) eval-default
+
+eval-default: install
+	test -f $(WORK)/test/manifest.jsonl || $(VENV)/bin/vidtag synth --split test --count $(N_TEST) --seed $(SEED_TEST) --out $(WORK)/test
+	$(VENV)/bin/vidtag eval --models $(MODELS) --manifest $(WORK)/test/manifest.jsonl
+
+clean:
+	rm -rf $(VENV) build src/vidtag/v1/*_pb2*.py src/vidtag/v1/*_pb2*.pyi

@@ -1,0 +1,133 @@
+"""GOP-aware frame planning: which packet prefix of which GOP to decode for the targets.
+
+Decoding is sequential inside a GOP, so a plan is a prefix length per GOP. Cost of a packet is
+estimated from its size relative to the mean keyframe (plus a fixed per-packet overhead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidtag.decode.index import PacketIndex
+from vidtag.decode.spec import SamplingSpec
+
+PACKET_OVERHEAD = 0.08  # cost units of decoding an empty inter frame, in keyframe equivalents
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Packets [start, start + length) of each listed GOP, and the frame chosen per target."""
+
+    prefixes: dict[int, int]  # GOP start packet index -> prefix length
+    targets: tuple[float, ...]
+    chosen: tuple[int, ...]  # packet index whose frame serves each target (decode order)
+    cost: float
+
+    @property
+    def packets_to_decode(self) -> int:
+        return sum(self.prefixes.values())
+
+
+def packet_costs(index: PacketIndex) -> np.ndarray:
+    key_sizes = index.sizes[index.is_key]
+    unit = float(key_sizes.mean()) if key_sizes.size else float(index.sizes.mean())
+    return PACKET_OVERHEAD + index.sizes / max(unit, 1.0)
+
+
+def _deviation(targets: np.ndarray, avail_pts: np.ndarray) -> float:
+    if avail_pts.size == 0:
+        return float("inf")
+    return float(np.abs(targets[:, None] - avail_pts[None, :]).min(axis=1).sum())
+
+
+class _State:
+    def __init__(self, index: PacketIndex, costs: np.ndarray) -> None:
+        self.index = index
+        self.costs = costs
+        bounds = index.gop_bounds()
+        self.gop_of = np.empty(len(index.packets), dtype=np.int64)
+        self.starts = np.array([s for s, _ in bounds], dtype=np.int64)
+        for g, (s, e) in enumerate(bounds):
+            self.gop_of[s:e] = g
+        self.prefix = np.zeros(len(bounds), dtype=np.int64)
+
+    def available(self, prefix: np.ndarray | None = None) -> np.ndarray:
+        p = self.prefix if prefix is None else prefix
+        idx = [np.arange(s, s + n) for s, n in zip(self.starts, p, strict=True) if n > 0]
+        return np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
+
+    def extend_cost(self, g: int, length: int) -> float:
+        s, cur = int(self.starts[g]), int(self.prefix[g])
+        return float(self.costs[s + cur : s + length].sum()) if length > cur else 0.0
+
+
+def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
+    """Keyframes nearest the targets first, then the extensions worth their cost, then fill."""
+    targets = np.asarray(spec.targets(index.duration), dtype=np.float64)
+    pts = index.pts_s
+    costs = packet_costs(index)
+    st = _State(index, costs)
+
+    keys = index.keyframes
+    for t in targets:
+        k = int(keys[np.argmin(np.abs(pts[keys] - t))])
+        st.prefix[st.gop_of[k]] = max(st.prefix[st.gop_of[k]], 1)
+    spent = float(sum(costs[int(s)] for s, n in zip(st.starts, st.prefix, strict=True) if n))
+
+    exact = spec.policy == "exact"
+    budget = float("inf") if exact else spec.budget
+    norm = max(index.duration, 1e-6)
+    # The exact frame for each target, and the prefix needed to reach it.
+    best = [int(np.argmin(np.abs(pts - t))) for t in targets]
+    while True:
+        cur = _deviation(targets, pts[st.available()])
+        if cur <= 1e-9:
+            break
+        choice: tuple[float, int, int, float] | None = None
+        for i in best:
+            g = int(st.gop_of[i])
+            s = int(st.starts[g])
+            # every packet up to the last one presented at or before pts[i] in this GOP
+            length = i - s + 1
+            if length <= st.prefix[g]:
+                continue
+            c = st.extend_cost(g, length)
+            if spent + c > budget:
+                continue
+            trial = st.prefix.copy()
+            trial[g] = length
+            gain = (cur - _deviation(targets, pts[st.available(trial)])) / norm
+            ratio = gain / max(c, 1e-9)
+            if gain > 0 and (exact or ratio >= spec.tradeoff) and (
+                choice is None or ratio > choice[0]
+            ):
+                choice = (ratio, g, length, c)
+        if choice is None:
+            break
+        _, g, length, c = choice
+        st.prefix[g] = length
+        spent += c
+
+    # Fill: targets whose nearest frame is taken get a fresh frame right after it (a few cheap
+    # inter frames at the head of the same GOP) rather than a duplicate.
+    chosen: list[int] = []
+    for t in targets:
+        avail = st.available()
+        nearest = int(avail[np.argmin(np.abs(pts[avail] - t))])
+        if nearest in chosen:
+            g = int(st.gop_of[nearest])
+            end = int(st.starts[g + 1]) if g + 1 < len(st.starts) else len(pts)
+            length = min(int(st.prefix[g]) + 3, end - int(st.starts[g]))
+            c = st.extend_cost(g, length)
+            if length > st.prefix[g] and spent + c <= budget:
+                st.prefix[g] = length
+                spent += c
+                avail = st.available()
+        free = np.array([i for i in avail.tolist() if i not in chosen], dtype=np.int64)
+        pool = free if free.size else avail
+        chosen.append(int(pool[np.argmin(np.abs(pts[pool] - t))]))
+
+    prefixes = {int(s): int(n) for s, n in zip(st.starts, st.prefix, strict=True) if n > 0}
+    return Plan(prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(chosen), cost=spent)

@@ -1,0 +1,26 @@
+"""What a decode returns: frames plus an account of how they were obtained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB, display orientation
+    timestamps: tuple[float, ...]  # seconds actually returned, one per frame
+    targets: tuple[float, ...]  # seconds asked for
+    frames_decoded: int
+    packets_planned: int
+    corrupt_packets: int
+    mean_deviation: float  # mean |returned - target| in seconds
+    width: int  # display size of the source
+    height: int
+    duration: float
+    fps: float
+    codec: str
+    rotation: int
+    keyframes: int
+    seconds: float  # wall time of the whole decode, demux included

@@ -1,0 +1,80 @@
+"""(2+1)D-lite: per-frame 2D convolutions factorised with temporal convolutions.
+
+Built for a 2-core CPU budget: the spatial convolutions see each frame alone, and a temporal
+(3x1x1) convolution after every stage compares the same location across frames, so the network
+can tell direction of motion, zoom and blinking apart (frame order matters), which averaging
+per-frame features cannot.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vidtag.nets.registry import register_model
+
+
+def _bn_act(c: int) -> list[nn.Module]:
+    return [nn.BatchNorm3d(c), nn.ReLU(inplace=True)]
+
+
+class SpatioTemporalBlock(nn.Module):
+    """Spatial 3x3 conv (optionally strided) -> temporal 3x1x1 conv, with a residual path."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.spatial = nn.Sequential(
+            nn.Conv3d(cin, cout, (1, 3, 3), (1, stride, stride), (0, 1, 1), bias=False),
+            *_bn_act(cout),
+        )
+        self.temporal = nn.Sequential(
+            nn.Conv3d(cout, cout, (3, 1, 1), 1, (1, 0, 0), bias=False), nn.BatchNorm3d(cout)
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.spatial(x)
+        return self.act(y + self.temporal(y))
+
+
+class X2Plus1D(nn.Module):
+    """Input (N, 3, T, H, W) normalised RGB; output (logits (N, classes), embedding (N, E))."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        widths: tuple[int, ...] = (16, 24, 48, 96, 160),
+        embedding: int = 256,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, widths[0], (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False),
+            *_bn_act(widths[0]),
+        )
+        self.stages = nn.Sequential(
+            *[SpatioTemporalBlock(widths[i], widths[i + 1], 2) for i in range(len(widths) - 1)]
+        )
+        self.project = nn.Sequential(
+            nn.Conv3d(widths[-1], embedding, 1, bias=False), *_bn_act(embedding)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embedding, num_classes)
+        self.embedding_size = embedding
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.project(self.stages(self.stem(x)))
+        emb = x.mean(dim=(2, 3, 4))
+        return self.classifier(self.dropout(emb)), emb
+
+
+@register_model("x2plus1d_s")
+def x2plus1d_s(num_classes: int, **kw: object) -> nn.Module:
+    """The default CPU model: ~0.3 GFLOPs at 8x160x96."""
+    return X2Plus1D(num_classes, **kw)  # type: ignore[arg-type]
+
+
+@register_model("x2plus1d_xs")
+def x2plus1d_xs(num_classes: int, **kw: object) -> nn.Module:
+    """Half-width variant for tests and very small budgets."""
+    return X2Plus1D(num_classes, widths=(8, 12, 24, 48, 80), embedding=128, **kw)  # type: ignore[arg-type]

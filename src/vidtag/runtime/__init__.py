@@ -1,0 +1,1 @@
+"""Artifact loading, inference backends, pre/post-processing and the in-process Tagger."""

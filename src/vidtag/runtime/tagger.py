@@ -1,0 +1,146 @@
+"""In-process API: `Tagger(model_dir).tag(path_or_bytes)` -> ranked tags, embedding, timings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidtag.decode import DecodedClip, DecodeLimits, sample_frames
+from vidtag.runtime.artifact import ArtifactMeta, load_meta
+from vidtag.runtime.onnx_backend import OnnxBackend
+from vidtag.runtime.preprocess import preprocess
+from vidtag.runtime.repository import default_repository, resolve_model
+
+
+@dataclass(frozen=True)
+class TagScore:
+    name: str
+    score: float
+    group: str
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    duration: float
+    fps: float
+    codec: str
+    rotation: int
+    frames_decoded: int
+    sampled_timestamps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TagResult:
+    tags: tuple[TagScore, ...]  # ranked by score, after thresholds and top-k
+    embedding: np.ndarray | None  # float32 (D,), L2-normalised
+    model_name: str
+    model_version: str
+    video: VideoInfo
+    timings: dict[str, float]  # seconds: decode, preprocess, inference, postprocess, total
+    all_scores: np.ndarray  # float32 (C,) sigmoid score of every tag, in the artifact's tag order
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def select_tags(
+    scores: np.ndarray,
+    meta: ArtifactMeta,
+    top_k: int | None = None,
+    threshold: float | None = None,
+) -> list[int]:
+    """Indices of the chosen tags, best first: per-tag thresholds (or one override), top-k cap,
+    and at least `meta.min_tags`."""
+    thr = np.full_like(scores, threshold) if threshold is not None else np.asarray(meta.thresholds)
+    order = np.argsort(-scores, kind="stable")
+    keep = [int(i) for i in order if scores[i] >= thr[i]]
+    if len(keep) < meta.min_tags:
+        keep = [int(i) for i in order[: meta.min_tags]]
+    k = top_k if top_k else meta.top_k
+    return keep[:k] if k else keep
+
+
+class Tagger:
+    """Decode -> preprocess -> ONNX Runtime -> thresholds. Thread-safe."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        limits: DecodeLimits | None = None,
+        threads: int | None = None,
+        sampling: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.meta = load_meta(self.model_dir)
+        self.name, self.version = self.meta.name, self.meta.version
+        self.limits = limits or DecodeLimits()
+        self.spec = self.meta.sampling_spec(**(sampling or {}))
+        self.backend = OnnxBackend(self.model_dir / self.meta.network_file, threads=threads)
+        self._group = {t: g for g, ts in self.meta.groups.items() for t in ts}
+
+    @classmethod
+    def from_repository(
+        cls,
+        repo: str | Path | None = None,
+        name: str | None = None,
+        version: str | None = None,
+        **kw: Any,
+    ) -> Tagger:
+        return cls(resolve_model(repo or default_repository(), name, version), **kw)
+
+    def warmup(self) -> None:
+        s = self.meta.input
+        self.backend(np.zeros((1, 3, s.frames, s.height, s.width), dtype=np.float32))
+
+    def decode(self, source: bytes | str | Path) -> DecodedClip:
+        return sample_frames(source, self.spec, self.limits)
+
+    def scores(self, clip: DecodedClip) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Sigmoid scores (C,) and L2-normalised embedding (E,) for one decoded clip."""
+        t0 = time.perf_counter()
+        x = preprocess(clip.frames, self.meta.input)[None]
+        t1 = time.perf_counter()
+        logits, emb = self.backend(x)
+        t2 = time.perf_counter()
+        e = emb[0].astype(np.float32)
+        e /= max(float(np.linalg.norm(e)), 1e-12)
+        return sigmoid(logits[0]), e, {"preprocess": t1 - t0, "inference": t2 - t1}
+
+    def tag(
+        self,
+        source: bytes | str | Path,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+    ) -> TagResult:
+        t0 = time.perf_counter()
+        clip = self.decode(source)
+        t1 = time.perf_counter()
+        scores, emb, stage = self.scores(clip)
+        t2 = time.perf_counter()
+        chosen = select_tags(scores, self.meta, top_k, threshold)
+        tags = tuple(
+            TagScore(self.meta.tags[i], float(scores[i]), self._group.get(self.meta.tags[i], ""))
+            for i in chosen
+        )
+        t3 = time.perf_counter()
+        video = VideoInfo(
+            width=clip.width,
+            height=clip.height,
+            duration=clip.duration,
+            fps=clip.fps,
+            codec=clip.codec,
+            rotation=clip.rotation,
+            frames_decoded=clip.frames_decoded,
+            sampled_timestamps=clip.timestamps,
+        )
+        timings = {"decode": t1 - t0, **stage, "postprocess": t3 - t2, "total": t3 - t0}
+        return TagResult(tags, emb, self.name, self.version, video, timings, scores)

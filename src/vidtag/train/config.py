@@ -1,0 +1,28 @@
+"""One typed, frozen training configuration, built at the CLI boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train_manifest: str
+    val_manifest: str | None
+    out_dir: str
+    arch: str = "x2plus1d_s"
+    loss: str = "bce"
+    frames: int = 8
+    height: int = 160
+    width: int = 96
+    policy: str = "fast"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1  # held out from train when no val manifest is given
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads, 0 = all cores
+    workers: int = 0  # decode processes for the frame cache, 0 = all cores
+    progress: bool = True
+    resume: bool = True
