@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidtag.tags import TAG_GROUPS, TAGS
+from vidtag.train.metrics import (
+    average_precision,
+    calibrate_thresholds,
+    evaluate_predictions,
+    jaccard,
+)
+
+
+def test_jaccard_rows() -> None:
+    pred = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    true = np.array([[1, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    assert jaccard(pred, true).tolist() == pytest.approx([1 / 3, 1.0, 1.0])
+
+
+def test_average_precision() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    truth = np.array([1, 0, 1, 0], bool)
+    assert average_precision(scores, truth) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(scores, np.zeros(4, bool)))
+
+
+def test_evaluate_predictions_perfect_and_group_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    true = rng.random((20, len(TAGS))) < 0.2
+    true[:, 0] = True
+    scores = true.astype(np.float32) * 0.8 + 0.1
+    m = evaluate_predictions(scores, true, true, TAGS, TAG_GROUPS)
+    assert m["mean_jaccard"] == 1.0 and m["mAP"] == 1.0 and m["hit_at_1"] == 1.0
+    assert m["micro_f1"] == 1.0 and m["macro_f1"] == 1.0
+    assert all(m[f"acc_{g}"] == 1.0 for g in TAG_GROUPS)
+    pred = true.copy()
+    pred[:10, TAGS.index("shake")] = ~pred[:10, TAGS.index("shake")]
+    m2 = evaluate_predictions(scores, pred, true, TAGS, TAG_GROUPS)
+    assert m2["acc_camera"] == 0.5 and m2["acc_object"] == 1.0 and m2["mean_jaccard"] < 1.0
+
+
+def test_calibration_finds_separating_threshold() -> None:
+    scores = np.array([[0.2], [0.3], [0.6], [0.7]])
+    true = np.array([[0], [0], [1], [1]], bool)
+    th = calibrate_thresholds(scores, true)[0]
+    assert 0.3 < th <= 0.6

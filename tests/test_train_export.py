@@ -1,0 +1,79 @@
+"""Train a tiny network on tiny clips through the real decoder, export it, tag with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import encode_clip
+
+from vidtag import Tagger
+from vidtag.errors import ModelError
+from vidtag.nets import create_model
+from vidtag.runtime.artifact import InputSpec, load_meta
+from vidtag.train.config import TrainConfig
+from vidtag.train.export import export_artifact
+from vidtag.train.trainer import MEAN, STD, train
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tiny")
+    rows = []
+    for i in range(6):
+        p = encode_clip(d / f"c{i}.mp4", width=64, height=96, seconds=2.0, fps=10, gop=10)
+        rows.append({"path": p.name, "tags": ["square", "checker", "move_right"]})
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d / "manifest.jsonl"
+
+
+def _cfg(manifest: Path, out: Path, epochs: int) -> TrainConfig:
+    return TrainConfig(train_manifest=str(manifest), val_manifest=None, out_dir=str(out),
+                       arch="x2plus1d_xs", frames=4, height=32, width=32, epochs=epochs,
+                       batch_size=4, workers=1, progress=False, val_fraction=0.34)
+
+
+def test_train_resume_export_and_tag(tiny_manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    best = train(_cfg(tiny_manifest, out, epochs=1))
+    assert best.is_file()
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    train(_cfg(tiny_manifest, out, epochs=2))  # resumes from epoch 1
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+
+    art = export_artifact(tmp_path / "models", name="tiny", version="1", checkpoint=best)
+    meta = load_meta(art)
+    assert meta.input.frames == 4 and meta.input.height == 32 and len(meta.thresholds) == 22
+    assert "validation" in meta.metrics and meta.provenance["onnx_parity_max_abs_diff"] < 1e-3
+    res = Tagger(art).tag(tiny_manifest.parent / "c0.mp4", top_k=3)
+    assert 1 <= len(res.tags) <= 3
+    assert res.embedding is not None and res.embedding.shape == (meta.embedding_size,)
+    assert abs(float(np.linalg.norm(res.embedding)) - 1.0) < 1e-4
+    assert res.all_scores.shape == (22,)
+    with pytest.raises(FileExistsError):
+        export_artifact(tmp_path / "models", name="tiny", version="1", checkpoint=best)
+
+
+def test_export_refuses_a_network_onnx_cannot_match(tmp_path: Path) -> None:
+    class Drifting(torch.nn.Module):
+        """Eager output depends on a Python-side counter that the ONNX trace freezes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = create_model("x2plus1d_xs", num_classes=22)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.calls += 1
+            logits, emb = self.inner(x)
+            return logits + float(self.calls), emb
+
+    spec = InputSpec(4, 32, 32, MEAN, STD)
+    with pytest.raises(ModelError, match="disagrees"):
+        export_artifact(tmp_path, name="bad", version="1", model=Drifting(), arch="drift",
+                        input_spec=spec)
+    assert not (tmp_path / "bad" / "1").exists()
