@@ -21,7 +21,7 @@ def encode_clip(
     bframes: int = 2,
 ) -> Path:
     """Write a clip; `gop=None` puts a single keyframe at the start."""
-    n = int(round(fps * seconds))
+    n = round(fps * seconds)
     options: dict[str, str] = {}
     if codec == "libx264":
         keyint = gop or 100000

@@ -31,9 +31,20 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(manifest: Path, out: Path, epochs: int) -> TrainConfig:
-    return TrainConfig(train_manifest=str(manifest), val_manifest=None, out_dir=str(out),
-                       arch="x2plus1d_xs", frames=4, height=32, width=32, epochs=epochs,
-                       batch_size=4, workers=1, progress=False, val_fraction=0.34)
+    return TrainConfig(
+        train_manifest=str(manifest),
+        val_manifest=None,
+        out_dir=str(out),
+        arch="x2plus1d_xs",
+        frames=4,
+        height=32,
+        width=32,
+        epochs=epochs,
+        batch_size=4,
+        workers=1,
+        progress=False,
+        val_fraction=0.34,
+    )
 
 
 def test_train_resume_export_and_tag(tiny_manifest: Path, tmp_path: Path) -> None:
@@ -74,6 +85,7 @@ def test_export_refuses_a_network_onnx_cannot_match(tmp_path: Path) -> None:
 
     spec = InputSpec(4, 32, 32, MEAN, STD)
     with pytest.raises(ModelError, match="disagrees"):
-        export_artifact(tmp_path, name="bad", version="1", model=Drifting(), arch="drift",
-                        input_spec=spec)
+        export_artifact(
+            tmp_path, name="bad", version="1", model=Drifting(), arch="drift", input_spec=spec
+        )
     assert not (tmp_path / "bad" / "1").exists()

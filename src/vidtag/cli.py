@@ -15,8 +15,14 @@ Handler = Callable[[argparse.Namespace], int]
 def _synth(args: argparse.Namespace) -> int:
     from vidtag.synth import generate
 
-    path = generate(Path(args.out), args.count, split=args.split, seed=args.seed,
-                    workers=args.workers or None, progress=not args.quiet)
+    path = generate(
+        Path(args.out),
+        args.count,
+        split=args.split,
+        seed=args.seed,
+        workers=args.workers or None,
+        progress=not args.quiet,
+    )
     print(path)
     return 0
 
@@ -35,11 +41,24 @@ def _train(args: argparse.Namespace) -> int:
     from vidtag.train.trainer import train
 
     cfg = TrainConfig(
-        train_manifest=args.manifest, val_manifest=args.val_manifest, out_dir=args.out,
-        arch=args.arch, loss=args.loss, frames=args.frames, height=args.height, width=args.width,
-        policy=args.policy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
-        workers=args.workers, progress=not args.quiet, resume=not args.no_resume,
+        train_manifest=args.manifest,
+        val_manifest=args.val_manifest,
+        out_dir=args.out,
+        arch=args.arch,
+        loss=args.loss,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        policy=args.policy,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        threads=args.threads,
+        workers=args.workers,
+        progress=not args.quiet,
+        resume=not args.no_resume,
     )
     print(train(cfg))
     return 0
@@ -48,8 +67,15 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from vidtag.train.export import export_artifact
 
-    print(export_artifact(args.out, name=args.name, version=args.version,
-                          checkpoint=args.checkpoint, atol=args.atol))
+    print(
+        export_artifact(
+            args.out,
+            name=args.name,
+            version=args.version,
+            checkpoint=args.checkpoint,
+            atol=args.atol,
+        )
+    )
     return 0
 
 
@@ -64,8 +90,13 @@ def _model_dir(args: argparse.Namespace) -> Path:
 def _eval(args: argparse.Namespace) -> int:
     from vidtag.train.evaluate import evaluate_artifact, format_metrics
 
-    m = evaluate_artifact(_model_dir(args), args.manifest, policy=args.policy, limit=args.limit,
-                          progress=not args.quiet)
+    m = evaluate_artifact(
+        _model_dir(args),
+        args.manifest,
+        policy=args.policy,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
     print(json.dumps(m, indent=1) if args.json else format_metrics(m))
     return 0
 
@@ -73,17 +104,33 @@ def _eval(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from vidtag.decode import SamplingSpec, sample_frames
 
-    spec = SamplingSpec(frames=args.frames, height=args.height, width=args.width,
-                        policy=args.policy, **({"budget": args.budget} if args.budget else {}))
+    spec = SamplingSpec(
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        policy=args.policy,
+        **({"budget": args.budget} if args.budget else {}),
+    )
     clip = sample_frames(Path(args.path), spec)
     report: dict[str, Any] = {
-        "path": args.path, "policy": spec.policy, "targets_s": [round(t, 3) for t in clip.targets],
-        "timestamps_s": [round(t, 3) for t in clip.timestamps], "frames_decoded": clip.frames_decoded,
-        "packets_planned": clip.packets_planned, "corrupt_packets": clip.corrupt_packets,
-        "mean_deviation_s": round(clip.mean_deviation, 4), "decode_ms": round(clip.seconds * 1000, 2),
-        "video": {"width": clip.width, "height": clip.height, "duration_s": round(clip.duration, 3),
-                  "fps": round(clip.fps, 3), "codec": clip.codec, "rotation": clip.rotation,
-                  "keyframes": clip.keyframes},
+        "path": args.path,
+        "policy": spec.policy,
+        "targets_s": [round(t, 3) for t in clip.targets],
+        "timestamps_s": [round(t, 3) for t in clip.timestamps],
+        "frames_decoded": clip.frames_decoded,
+        "packets_planned": clip.packets_planned,
+        "corrupt_packets": clip.corrupt_packets,
+        "mean_deviation_s": round(clip.mean_deviation, 4),
+        "decode_ms": round(clip.seconds * 1000, 2),
+        "video": {
+            "width": clip.width,
+            "height": clip.height,
+            "duration_s": round(clip.duration, 3),
+            "fps": round(clip.fps, 3),
+            "codec": clip.codec,
+            "rotation": clip.rotation,
+            "keyframes": clip.keyframes,
+        },
     }
     if args.json:
         print(json.dumps(report))
@@ -113,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     handlers["synth"] = _synth
 
-    p = sub.add_parser("train", help="train a network on a manifest (frames via the serving decoder)")
+    p = sub.add_parser(
+        "train", help="train a network on a manifest (frames via the serving decoder)"
+    )
     p.add_argument("--list", action="store_true", help="print registered networks and losses")
     p.add_argument("--manifest")
     p.add_argument("--val-manifest")

@@ -46,8 +46,17 @@ def sample_frames(
     try:
         fn = _BACKENDS[backend]
     except KeyError:
-        raise ValueError(f"unknown decode backend {backend!r}; known: {sorted(_BACKENDS)}") from None
+        raise ValueError(
+            f"unknown decode backend {backend!r}; known: {sorted(_BACKENDS)}"
+        ) from None
     return fn(source, spec or SamplingSpec(), limits or DecodeLimits())
 
 
-__all__ = ["DecodeLimits", "DecodedClip", "SamplingSpec", "backends", "register_backend", "sample_frames"]
+__all__ = [
+    "DecodeLimits",
+    "DecodedClip",
+    "SamplingSpec",
+    "backends",
+    "register_backend",
+    "sample_frames",
+]

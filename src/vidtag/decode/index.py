@@ -1,4 +1,4 @@
-"""The packet index: one demux pass, no decoding (timestamps, keyframe flags, sizes, decode order)."""
+"""The packet index: one demux pass, no decoding (timestamps, keyframe flags, sizes, order)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def stream_rotation(stream: Any) -> int:
             rot = float(stream.metadata.get("rotate", 0))
         except (TypeError, ValueError):
             rot = 0.0
-    return int(round(rot / 90.0)) * 90 % 360
+    return round(rot / 90.0) * 90 % 360
 
 
 def build_index(container: Any, stream: Any, limits: DecodeLimits) -> PacketIndex:

@@ -100,8 +100,10 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
             trial[g] = length
             gain = (cur - _deviation(targets, pts[st.available(trial)])) / norm
             ratio = gain / max(c, 1e-9)
-            if gain > 0 and (exact or ratio >= spec.tradeoff) and (
-                choice is None or ratio > choice[0]
+            if (
+                gain > 0
+                and (exact or ratio >= spec.tradeoff)
+                and (choice is None or ratio > choice[0])
             ):
                 choice = (ratio, g, length, c)
         if choice is None:
@@ -130,4 +132,6 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
         chosen.append(int(pool[np.argmin(np.abs(pts[pool] - t))]))
 
     prefixes = {int(s): int(n) for s, n in zip(st.starts, st.prefix, strict=True) if n > 0}
-    return Plan(prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(chosen), cost=spent)
+    return Plan(
+        prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(chosen), cost=spent
+    )

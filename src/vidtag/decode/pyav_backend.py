@@ -1,4 +1,4 @@
-"""PyAV (FFmpeg) execution of a plan: feed each GOP's planned packets to a decoder, resize in swscale."""
+"""PyAV execution of a plan: feed each GOP's planned packets to a decoder, resize in swscale."""
 
 from __future__ import annotations
 
@@ -70,10 +70,9 @@ def _to_rgb(frame: Any, spec: SamplingSpec, rotation: int) -> np.ndarray:
 def execute_plan(
     stream: Any, index: PacketIndex, plan: Plan, spec: SamplingSpec, limits: DecodeLimits
 ) -> tuple[dict[int, np.ndarray], int, int]:
-    """Decode the planned prefixes; return frames by packet index, frames decoded, corrupt packets."""
+    """Decode the planned prefixes: (frames by packet index, frames decoded, corrupt packets)."""
     wanted = set(plan.chosen)
     by_pts = {round(float(index.pts_s[i]), 6): i for i in wanted}
-    pts0 = None
     out: dict[int, np.ndarray] = {}
     decoded = corrupt = 0
     deadline = time.monotonic() + limits.max_decode_s
@@ -132,7 +131,9 @@ def sample_pyav(
     got = np.array(sorted(frames), dtype=np.int64)
     picks = []
     for i in plan.chosen:
-        picks.append(i if i in frames else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))]))
+        picks.append(
+            i if i in frames else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))])
+        )
     stamps = tuple(float(index.pts_s[i]) for i in picks)
     dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets))))
     h, w = (index.height, index.width)

@@ -1,4 +1,4 @@
-"""Loss registry: `@register_loss("name")` on a builder returning a (logits, targets) -> loss module."""
+"""Loss registry: `@register_loss("name")` on a builder of a (logits, targets) -> loss module."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Network registry: `@register_model("name")` on a builder, `create_model("name", ...)` to build."""
+"""Network registry: `@register_model("name")` on a builder; `create_model("name", ...)` builds."""
 
 from __future__ import annotations
 

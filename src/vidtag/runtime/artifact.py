@@ -73,7 +73,11 @@ def load_meta(directory: str | Path) -> ArtifactMeta:
         raise ModelError(f"{path}: unsupported artifact format {raw.get('format')!r}")
     try:
         raw["input"] = InputSpec(
-            **{**raw["input"], "mean": tuple(raw["input"]["mean"]), "std": tuple(raw["input"]["std"])}
+            **{
+                **raw["input"],
+                "mean": tuple(raw["input"]["mean"]),
+                "std": tuple(raw["input"]["std"]),
+            }
         )
         raw["tags"] = tuple(raw["tags"])
         raw["groups"] = {k: tuple(v) for k, v in raw["groups"].items()}

@@ -28,7 +28,9 @@ def _decode_one(args: tuple[str, SamplingSpec]) -> tuple[np.ndarray | None, floa
         return None, 0.0, f"{path}: {exc}"
 
 
-def _imap(jobs: list[tuple[str, SamplingSpec]], workers: int) -> Iterator[tuple[np.ndarray | None, float, str]]:
+def _imap(
+    jobs: list[tuple[str, SamplingSpec]], workers: int
+) -> Iterator[tuple[np.ndarray | None, float, str]]:
     if workers <= 1:
         yield from map(_decode_one, jobs)
         return
@@ -49,7 +51,9 @@ def build_cache(
     clips = read_manifest(manifest)
     n = len(clips)
     frames = np.lib.format.open_memmap(
-        out / "frames.npy", mode="w+", dtype=np.uint8,
+        out / "frames.npy",
+        mode="w+",
+        dtype=np.uint8,
         shape=(n, spec.frames, spec.height, spec.width, 3),
     )
     kept: list[int] = []

@@ -1,4 +1,4 @@
-"""Evaluate an artifact end to end (bytes -> decoder -> ONNX Runtime -> thresholds) on a manifest."""
+"""Evaluate an artifact end to end (decoder -> ONNX Runtime -> thresholds) on a manifest."""
 
 from __future__ import annotations
 
@@ -52,8 +52,10 @@ def evaluate_artifact(
                 breakdown[key][str(row[key])].append(float(j))
         if "width" in row:
             breakdown["size"][f"{row['width']}x{row['height']}"].append(float(j))
-    metrics["by"] = {k: {v: round(float(np.mean(js)), 4) for v, js in sorted(d.items())}
-                     for k, d in breakdown.items()}
+    metrics["by"] = {
+        k: {v: round(float(np.mean(js)), 4) for v, js in sorted(d.items())}
+        for k, d in breakdown.items()
+    }
     metrics["decode_ms_median"] = float(np.median(decode_ms)) if decode_ms else None
     metrics["failed"] = failed
     metrics["model"] = f"{meta.name}/{meta.version}"

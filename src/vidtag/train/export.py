@@ -47,7 +47,7 @@ def _onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, ispec: InputSpec, atol: float) -> float:
-    """Max |ORT - eager| over logits and embeddings at batch 1 and 3; raise ModelError above atol."""
+    """Max |ORT - eager| over both outputs at batch 1 and 3; ModelError above atol."""
     gen = torch.Generator().manual_seed(0)
     backend = OnnxBackend(onnx_path, threads=1)
     worst = 0.0
@@ -59,7 +59,9 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, ispec: InputSpec, atol
         got = backend(x.numpy())
         worst = max(worst, *(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True)))
     if worst > atol:
-        raise ModelError(f"ONNX Runtime disagrees with eager PyTorch: max |diff| {worst:.2e} > {atol}")
+        raise ModelError(
+            f"ONNX Runtime disagrees with eager PyTorch: max |diff| {worst:.2e} > {atol}"
+        )
     return worst
 
 
@@ -97,7 +99,9 @@ def export_artifact(
     if final.exists():
         raise FileExistsError(f"{final} exists; artifacts are immutable, pick a new version")
     model.eval()
-    with tempfile.TemporaryDirectory(dir=Path(out_dir).parent if Path(out_dir).exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        dir=Path(out_dir).parent if Path(out_dir).exists() else None
+    ) as tmp:
         stage = Path(tmp) / version
         stage.mkdir()
         example = torch.zeros(1, 3, ispec.frames, ispec.height, ispec.width)

@@ -28,7 +28,10 @@ def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
 
 
 def evaluate_predictions(
-    scores: np.ndarray, pred: np.ndarray, true: np.ndarray, tags: tuple[str, ...],
+    scores: np.ndarray,
+    pred: np.ndarray,
+    true: np.ndarray,
+    tags: tuple[str, ...],
     groups: dict[str, tuple[str, ...]],
 ) -> dict[str, float]:
     """All metrics from scores (N, C), predicted sets (N, C bool) and true sets (N, C bool)."""
@@ -65,7 +68,9 @@ def calibrate_thresholds(scores: np.ndarray, true: np.ndarray, grid: int = 37) -
         best = -1.0
         for th in cands:
             p = scores[:, c] >= th
-            f = float(_f1(np.array((p & t).sum()), np.array((p & ~t).sum()), np.array((~p & t).sum())))
+            f = float(
+                _f1(np.array((p & t).sum()), np.array((p & ~t).sum()), np.array((~p & t).sum()))
+            )
             if f > best + 1e-12:
                 best, out[c] = f, th
     return out

@@ -27,7 +27,7 @@ from vidtag.tags import TAG_GROUPS, TAG_INDEX, TAGS
 from vidtag.train.augment import augment
 from vidtag.train.cache import build_cache
 from vidtag.train.config import TrainConfig
-from vidtag.train.manifest import Clip, multi_hot, read_manifest
+from vidtag.train.manifest import Clip, multi_hot
 from vidtag.train.metrics import calibrate_thresholds, evaluate_predictions
 
 MEAN = (0.45, 0.45, 0.45)
@@ -42,12 +42,17 @@ def sampling_spec(cfg: TrainConfig) -> SamplingSpec:
     return SamplingSpec(frames=cfg.frames, height=cfg.height, width=cfg.width, policy=cfg.policy)  # type: ignore[arg-type]
 
 
-def _cached(manifest: str, out: Path, spec: SamplingSpec, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def _cached(
+    manifest: str, out: Path, spec: SamplingSpec, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Frames (memory-mapped) and labels, building the cache once per manifest and spec."""
     stamp = out / "spec.json"
     if not (stamp.is_file() and json.loads(stamp.read_text())["spec"] == spec.__dict__):
         build_cache(manifest, out, spec, workers=cfg.workers or None, progress=cfg.progress)
-    clips = [Clip(Path(r["path"]), tuple(r["tags"])) for r in map(json.loads, (out / "clips.jsonl").read_text().splitlines())]
+    clips = [
+        Clip(Path(r["path"]), tuple(r["tags"]))
+        for r in map(json.loads, (out / "clips.jsonl").read_text().splitlines())
+    ]
     return np.load(out / "frames.npy", mmap_mode="r"), multi_hot(clips, TAGS)
 
 
@@ -56,8 +61,13 @@ def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndar
     return [order[i : i + size] for i in range(0, n, size)]
 
 
-def _make_batch(frames: np.ndarray, y: np.ndarray, idx: np.ndarray, spec: InputSpec,
-                rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _make_batch(
+    frames: np.ndarray,
+    y: np.ndarray,
+    idx: np.ndarray,
+    spec: InputSpec,
+    rng: np.random.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for i in idx:
         f, t = np.asarray(frames[i]), y[i]
@@ -69,7 +79,9 @@ def _make_batch(frames: np.ndarray, y: np.ndarray, idx: np.ndarray, spec: InputS
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, frames: np.ndarray, spec: InputSpec, batch: int = 32) -> np.ndarray:
+def predict(
+    model: torch.nn.Module, frames: np.ndarray, spec: InputSpec, batch: int = 32
+) -> np.ndarray:
     model.eval()
     out = []
     for idx in _batches(len(frames), batch, None):
@@ -119,8 +131,11 @@ def train(cfg: TrainConfig) -> Path:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0, total = time.time(), 0.0
-        bar = tqdm(_batches(len(y_tr), cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress)
+        bar = tqdm(
+            _batches(len(y_tr), cfg.batch_size, rng),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+        )
         for idx in bar:
             x, y = _make_batch(x_tr_np, y_tr, idx, ispec, rng)
             loss = loss_fn(model(x)[0], y)
@@ -134,22 +149,40 @@ def train(cfg: TrainConfig) -> Path:
         truth = y_va.astype(bool)
         thresholds = calibrate_thresholds(scores, truth)
         metrics = evaluate_predictions(scores, scores >= thresholds, truth, TAGS, TAG_GROUPS)
-        row = {"epoch": epoch + 1, "train_loss": total / len(y_tr), "seconds": time.time() - t0,
-               **{f"val_{k}": v for k, v in metrics.items()}}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total / len(y_tr),
+            "seconds": time.time() - t0,
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
         history.append(row)
         print(json.dumps(row), flush=True)
         if metrics["mean_jaccard"] > best_j:
             best_j = metrics["mean_jaccard"]
             torch.save(_best_state(cfg, model, thresholds, metrics, epoch), out / "best.pt")
-        torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "epoch": epoch, "best_j": best_j,
-                    "history": history}, ckpt)
+        torch.save(
+            {
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "best_j": best_j,
+                "history": history,
+            },
+            ckpt,
+        )
         (out / "history.json").write_text(json.dumps(history, indent=1))
     return out / "best.pt"
 
 
-def _best_state(cfg: TrainConfig, model: torch.nn.Module, thresholds: np.ndarray,
-                metrics: dict[str, float], epoch: int) -> dict[str, Any]:
+def _best_state(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    thresholds: np.ndarray,
+    metrics: dict[str, float],
+    epoch: int,
+) -> dict[str, Any]:
     return {
         "config": asdict(cfg),
         "arch": cfg.arch,

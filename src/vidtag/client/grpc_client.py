@@ -1,0 +1,168 @@
+"""Python client for the vidtag gRPC service; returns the same `TagResult` as in-process tagging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vidtag.errors import InvalidVideo, ModelError
+from vidtag.v1 import tagger_pb2 as pb
+from vidtag.v1 import tagger_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from vidtag.runtime.tagger import TagResult
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+
+def response_to_result(response: pb.TagVideoResponse) -> TagResult:
+    """Translate a wire response (timings in ms) to the domain `TagResult` (seconds)."""
+    from vidtag.runtime.tagger import TagResult, TagScore, VideoInfo
+
+    v = response.video
+    t = response.timings
+    return TagResult(
+        tags=tuple(TagScore(name=s.name, score=s.score, group=s.group) for s in response.tags),
+        embedding=np.asarray(response.embedding, dtype=np.float32)
+        if len(response.embedding)
+        else None,
+        model_name=response.model_name,
+        model_version=response.model_version,
+        video=VideoInfo(
+            width=v.width,
+            height=v.height,
+            duration=v.duration_s,
+            fps=v.fps,
+            codec=v.codec,
+            rotation=v.rotation,
+            frames_decoded=v.frames_decoded,
+            sampled_timestamps=tuple(v.sampled_timestamps_s),
+        ),
+        timings={
+            "decode": t.decode_ms / 1000.0,
+            "preprocess": t.preprocess_ms / 1000.0,
+            "inference": t.inference_ms / 1000.0,
+            "postprocess": t.postprocess_ms / 1000.0,
+            "total": t.total_ms / 1000.0,
+        },
+        all_scores=np.asarray(response.all_scores, dtype=np.float32),
+    )
+
+
+class VidtagClient:
+    """A blocking client for one vidtag server; thread-safe, reuse one per target.
+
+    `timeout` is the per-call deadline in seconds (None = wait forever). The client and server
+    message limits must both fit the video: `max_message_bytes` sets the client's side.
+    Errors the caller can act on come back as vidtag exceptions (`InvalidVideo` for a bad video,
+    `ModelError` for an unknown model); every other failure is the `grpc.RpcError` itself.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = pb_grpc.VideoTaggerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def tag(
+        self,
+        video: bytes | str | Path,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        return_embedding: bool = False,
+        *,
+        model_name: str = "",
+        model_version: str = "",
+        timeout: float | None = None,
+    ) -> TagResult:
+        """Tag one video given as encoded bytes or a local file path (str or Path).
+
+        `top_k`/`threshold` left as None use the model's own policy; `timeout` (seconds), if
+        given, replaces the client's default deadline for this call.
+        """
+        data = video if isinstance(video, bytes | bytearray) else Path(video).read_bytes()
+        request = pb.TagVideoRequest(
+            video=bytes(data),
+            return_embedding=return_embedding,
+            model_name=model_name,
+            model_version=model_version,
+        )
+        if top_k is not None:
+            request.top_k = top_k
+        if threshold is not None:
+            request.threshold = threshold
+        try:
+            response = self._stub.TagVideo(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            mapped = _as_vidtag_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return response_to_result(response)
+
+    def model_info(
+        self, model_name: str = "", model_version: str = "", *, timeout: float | None = None
+    ) -> pb.ModelInfo:
+        """The server's description of a model (empty name = its default model)."""
+        request = pb.GetModelInfoRequest(model_name=model_name, model_version=model_version)
+        try:
+            return self._stub.GetModelInfo(request, timeout=self._timeout(timeout))
+        except grpc.RpcError as exc:
+            mapped = _as_vidtag_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The `grpc.health.v1` status name: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN", ...
+
+        `service=""` asks about the server as a whole; "vidtag.v1.VideoTagger" about tagging.
+        """
+        response = self._health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self._timeout(timeout)
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> VidtagClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+
+def _as_vidtag_error(exc: grpc.RpcError) -> Exception | None:
+    """The vidtag exception a status code stands for, or None to re-raise the RpcError."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidVideo(exc.details() or "invalid argument")
+    if code is grpc.StatusCode.NOT_FOUND:
+        return ModelError(exc.details() or "model not found")
+    return None

@@ -1,0 +1,56 @@
+"""The server's one configuration object, built at the CLI boundary (no environment reads here)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `vidtag serve` can be told; validated on construction.
+
+    `model_repository=None` means the package's default repository; `model_name=None` /
+    `model_version=None` mean the repository's default model and that model's latest version.
+    """
+
+    host: str = "[::]"
+    port: int = 50051  # 0 = any free port; the bound port is reported by the server
+    model_repository: Path | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    # Stock gRPC refuses messages over 4 MiB; a 30 s phone clip is often bigger.
+    max_receive_bytes: int = 64 * MiB
+    max_send_bytes: int = 64 * MiB
+    # How long in-flight RPCs get to finish after SIGTERM before they are cancelled.
+    grace_s: float = 10.0
+    # Threads that run whole requests (decode + inference) off the event loop.
+    workers: int = 2
+    # Intra-op threads of the inference runtime; None = the runtime's own choice.
+    inference_threads: int | None = None
+    # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
+    max_concurrent_rpcs: int | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_receive_bytes", "max_send_bytes", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if self.inference_threads is not None and self.inference_threads < 1:
+            raise ValueError(f"inference_threads must be >= 1, got {self.inference_threads}")
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
+            raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError(f"unknown log level {self.log_level!r}")
+
+    @property
+    def address(self) -> str:
+        """The `host:port` string gRPC binds to."""
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,248 @@
+"""The VideoTagger servicer: protobuf <-> domain translation around `Tagger.tag`, nothing more.
+
+Numerics (decode, preprocessing, inference, thresholds, ranking) all live in `vidtag.runtime`;
+this module picks the model, moves the blocking call off the event loop, maps errors to status
+codes and writes one access-log line per RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from vidtag.errors import ModelError
+from vidtag.server.errors import RpcFailure, abort_with, status_for
+from vidtag.v1 import tagger_pb2 as pb
+from vidtag.v1 import tagger_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from vidtag.runtime.artifact import ArtifactMeta
+    from vidtag.runtime.tagger import Tagger, TagResult
+
+access_log = logging.getLogger("vidtag.server.access")
+T = TypeVar("T")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoTagger"].full_name
+
+
+class ModelSet:
+    """The models this server has loaded, looked up by the (name, version) a request names.
+
+    An empty name means the default model; an empty version means the last version loaded under
+    that name. Asking before any model is loaded is UNAVAILABLE, asking for one that is not
+    loaded is a `ModelError` (NOT_FOUND).
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], Tagger] = {}
+        self._by_name: dict[str, Tagger] = {}
+        self._default: Tagger | None = None
+
+    def add(self, tagger: Tagger, *, default: bool = False) -> None:
+        self._by_key[(tagger.name, tagger.version)] = tagger
+        self._by_name[tagger.name] = tagger
+        if default or self._default is None:
+            self._default = tagger
+
+    @property
+    def ready(self) -> bool:
+        return self._default is not None
+
+    def loaded(self) -> list[tuple[str, str]]:
+        return sorted(self._by_key)
+
+    def get(self, name: str = "", version: str = "") -> Tagger:
+        if self._default is None:
+            raise RpcFailure(
+                grpc.StatusCode.UNAVAILABLE, "no model loaded yet; retry when health is SERVING"
+            )
+        if not name:
+            if version and version != self._default.version:
+                raise ModelError(
+                    f"default model {self._default.name!r} has no loaded version {version!r}"
+                )
+            return self._default
+        found = self._by_key.get((name, version)) if version else self._by_name.get(name)
+        if found is None:
+            wanted = f"{name!r}" + (f" version {version!r}" if version else "")
+            have = ", ".join(f"{n}/{v}" for n, v in self.loaded())
+            raise ModelError(f"model {wanted} is not loaded (serving: {have})")
+        return found
+
+
+@dataclass
+class _Access:
+    """One RPC's access-log record; never holds payload bytes."""
+
+    method: str
+    peer: str
+    nbytes: int
+    status: str = "OK"
+    model: str = "-"
+
+
+@contextmanager
+def _access_logged(
+    method: str, context: grpc.aio.ServicerContext, nbytes: int
+) -> Iterator[_Access]:
+    rec = _Access(method=method, peer=context.peer(), nbytes=nbytes)
+    t0 = time.perf_counter()
+    try:
+        yield rec
+    except asyncio.CancelledError:
+        rec.status = "CANCELLED"
+        raise
+    finally:
+        ms = (time.perf_counter() - t0) * 1000.0
+        access_log.info(
+            "rpc method=%s status=%s ms=%.1f bytes=%d model=%s peer=%s",
+            rec.method,
+            rec.status,
+            ms,
+            rec.nbytes,
+            rec.model,
+            rec.peer,
+        )
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline on the monotonic clock; DEADLINE_EXCEEDED if it already passed."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before work began")
+    return time.monotonic() + remaining
+
+
+def _before(deadline: float | None, fn: Callable[[], T]) -> T:
+    # Runs on a worker thread: a request that waited in the queue past its deadline is dropped
+    # instead of spending a decode on an answer nobody will read.
+    if deadline is not None and time.monotonic() >= deadline:
+        raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while queued")
+    return fn()
+
+
+def request_options(request: pb.TagVideoRequest) -> tuple[int | None, float | None]:
+    """`(top_k, threshold)` for `Tagger.tag`; None where the request leaves it to the model."""
+    top_k = request.top_k if request.HasField("top_k") and request.top_k > 0 else None
+    threshold: float | None = None
+    if request.HasField("threshold"):
+        threshold = float(request.threshold)
+        if math.isnan(threshold) or not 0.0 <= threshold <= 1.0:
+            raise RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT, f"threshold must be in [0, 1], got {threshold}"
+            )
+    return top_k, threshold
+
+
+def result_to_proto(result: TagResult, *, return_embedding: bool) -> pb.TagVideoResponse:
+    """Translate a domain `TagResult` (timings in seconds) to the wire response (ms)."""
+    v = result.video
+    t = result.timings
+    response = pb.TagVideoResponse(
+        tags=[pb.Tag(name=s.name, score=s.score, group=s.group) for s in result.tags],
+        model_name=result.model_name,
+        model_version=result.model_version,
+        video=pb.VideoInfo(
+            width=v.width,
+            height=v.height,
+            duration_s=v.duration,
+            fps=v.fps,
+            codec=v.codec,
+            rotation=v.rotation,
+            frames_decoded=v.frames_decoded,
+            sampled_timestamps_s=list(v.sampled_timestamps),
+        ),
+        timings=pb.Timings(
+            decode_ms=t.get("decode", 0.0) * 1000.0,
+            preprocess_ms=t.get("preprocess", 0.0) * 1000.0,
+            inference_ms=t.get("inference", 0.0) * 1000.0,
+            postprocess_ms=t.get("postprocess", 0.0) * 1000.0,
+            total_ms=t.get("total", 0.0) * 1000.0,
+        ),
+    )
+    response.all_scores.extend(result.all_scores.tolist())
+    if return_embedding and result.embedding is not None:
+        response.embedding.extend(result.embedding.tolist())
+    return response
+
+
+def meta_to_proto(meta: ArtifactMeta) -> pb.ModelInfo:
+    """Translate a model artifact's metadata to the wire `ModelInfo`."""
+    group_of = {t: g for g, ts in meta.groups.items() for t in ts}
+    return pb.ModelInfo(
+        model_name=meta.name,
+        model_version=meta.version,
+        tags=[
+            pb.TagInfo(name=t, group=group_of.get(t, ""), threshold=thr)
+            for t, thr in zip(meta.tags, meta.thresholds, strict=True)
+        ],
+        embedding_dim=meta.embedding_size,
+        default_top_k=meta.top_k,
+        num_frames=meta.input.frames,
+        input_height=meta.input.height,
+        input_width=meta.input.width,
+    )
+
+
+class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
+    """grpc.aio implementation of `vidtag.v1.VideoTagger`.
+
+    `executor` runs the blocking `Tagger.tag` calls; its size bounds how many requests decode
+    and infer at once (the rest wait in its queue, and are dropped there if their deadline passes).
+    """
+
+    def __init__(self, models: ModelSet, executor: Executor) -> None:
+        self.models = models
+        self._executor = executor
+        self.in_flight = 0  # TagVideo calls accepted and not yet answered
+
+    async def TagVideo(
+        self, request: pb.TagVideoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TagVideoResponse:
+        self.in_flight += 1
+        try:
+            with _access_logged("TagVideo", context, len(request.video)) as rec:
+                try:
+                    deadline = _deadline(context)
+                    if not request.video:
+                        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "video is empty")
+                    top_k, threshold = request_options(request)
+                    tagger = self.models.get(request.model_name, request.model_version)
+                    rec.model = f"{tagger.name}/{tagger.version}"
+                    work = functools.partial(
+                        tagger.tag, request.video, top_k=top_k, threshold=threshold
+                    )
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        self._executor, functools.partial(_before, deadline, work)
+                    )
+                    return result_to_proto(result, return_embedding=request.return_embedding)
+                except Exception as exc:
+                    rec.status = status_for(exc)[0].name
+                    await abort_with(context, exc, method="TagVideo")
+        finally:
+            self.in_flight -= 1
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        with _access_logged("GetModelInfo", context, 0) as rec:
+            try:
+                tagger = self.models.get(request.model_name, request.model_version)
+                rec.model = f"{tagger.name}/{tagger.version}"
+                return meta_to_proto(tagger.meta)
+            except Exception as exc:
+                rec.status = status_for(exc)[0].name
+                await abort_with(context, exc, method="GetModelInfo")

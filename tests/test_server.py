@@ -1,0 +1,368 @@
+"""The gRPC server end to end: real model artifact, real clips, real sockets (port 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from vidtag.client.grpc_client import VidtagClient
+from vidtag.errors import InvalidVideo, LimitExceeded, ModelError
+from vidtag.server.app import VidtagServer
+from vidtag.server.config import MiB, ServeConfig
+from vidtag.server.errors import INTERNAL_MESSAGE, RpcFailure, status_for
+from vidtag.server.servicer import SERVICE_NAME, _before, _deadline
+from vidtag.v1 import tagger_pb2 as pb
+from vidtag.v1 import tagger_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+MODEL_NAME = "tiny"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# ---------------------------------------------------------------- media and model fixtures
+
+
+def pad_mp4(data: bytes, total: int) -> bytes:
+    """`data` grown to `total` bytes by a trailing ISO-BMFF `free` box, which demuxers skip."""
+    pad = total - len(data)
+    assert pad >= 8
+    return data + struct.pack(">I", pad) + b"free" + bytes(pad - 8)
+
+
+# ---------------------------------------------------------------- an in-process server
+
+
+class LoopThread:
+    """An asyncio loop on a background thread, so tests can use the blocking client."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@contextmanager
+def running_server(
+    config: ServeConfig, *, load: bool = True
+) -> Iterator[tuple[VidtagServer, LoopThread]]:
+    lt = LoopThread()
+    server = VidtagServer(config)
+    try:
+        lt.run(server.start())
+        if load:
+            lt.run(server.load_models())
+        yield server, lt
+    finally:
+        lt.run(server.stop(0))
+        lt.close()
+
+
+def make_config(repo: Path, **kw: Any) -> ServeConfig:
+    base = ServeConfig(
+        host="127.0.0.1", port=0, model_repository=repo, model_name=MODEL_NAME, workers=2
+    )
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path) -> Iterator[VidtagServer]:
+    """A SERVING server with an 8 MiB receive limit (twice stock gRPC's 4 MiB)."""
+    with running_server(make_config(model_repo, max_receive_bytes=8 * MiB)) as (srv, _):
+        yield srv
+
+
+@pytest.fixture
+def client(server: VidtagServer) -> Iterator[VidtagClient]:
+    with VidtagClient(f"127.0.0.1:{server.port}", timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def stub(server: VidtagServer) -> Iterator[pb_grpc.VideoTaggerStub]:
+    with grpc.insecure_channel(
+        f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", 64 * MiB)]
+    ) as channel:
+        yield pb_grpc.VideoTaggerStub(channel)
+
+
+# ---------------------------------------------------------------- TagVideo
+
+
+def test_tag_video_happy_path(client: VidtagClient, clip_bytes: bytes) -> None:
+    result = client.tag(clip_bytes, return_embedding=True)
+    assert result.model_name == MODEL_NAME and result.model_version
+    assert result.tags, "min_tags guarantees at least one tag"
+    scores = [t.score for t in result.tags]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores) and all(t.group for t in result.tags)
+    v = result.video
+    assert (v.width, v.height, v.codec) == (160, 288, "h264")
+    assert v.duration == pytest.approx(4.0, abs=0.1) and v.fps == pytest.approx(25.0)
+    assert v.frames_decoded > 0 and len(v.sampled_timestamps) > 0
+    assert result.timings["total"] > 0 and result.timings["total"] >= result.timings["decode"]
+    info = client.model_info()
+    assert result.embedding is not None and result.embedding.shape == (info.embedding_dim,)
+    assert result.embedding.dtype == np.float32
+
+
+def test_threshold_zero_is_not_unset(client: VidtagClient, clip_bytes: bytes) -> None:
+    # threshold=0 passes every tag, so top_k alone decides the count; no embedding unasked.
+    result = client.tag(clip_bytes, top_k=3, threshold=0.0)
+    assert len(result.tags) == 3 and result.embedding is None
+    assert len(client.tag(clip_bytes, top_k=1).tags) == 1
+
+
+def test_model_info(client: VidtagClient) -> None:
+    info = client.model_info()
+    assert info.model_name == MODEL_NAME and info.tags and info.num_frames > 0
+    assert {t.name for t in info.tags} >= {"square", "move_right"}
+
+
+def test_garbage_bytes_invalid_argument(
+    stub: pb_grpc.VideoTaggerStub, client: VidtagClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = b"definitely not a video " * 100
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "method=TagVideo" in r.getMessage()]
+
+    # The logger level must stay at INFO until the line is written: abort() sends the status
+    # before the handler unwinds, so the access line may land just after the client returns.
+    with caplog.at_level(logging.INFO, logger="vidtag.server.access"):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TagVideo(pb.TagVideoRequest(video=garbage), timeout=30)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() and err.value.details() != INTERNAL_MESSAGE
+        _wait_for(lines, timeout=5)
+    line = lines()[0]
+    assert "status=INVALID_ARGUMENT" in line and f"bytes={len(garbage)}" in line
+    assert "definitely" not in line  # the payload never reaches the log
+    with pytest.raises(InvalidVideo):  # the client maps it back to the domain error
+        client.tag(garbage)
+
+
+@pytest.mark.parametrize(
+    "request_kw",
+    [{"video": b""}, {"video": b"x", "threshold": 1.5}, {"video": b"x", "threshold": float("nan")}],
+)
+def test_bad_arguments(stub: pb_grpc.VideoTaggerStub, request_kw: dict[str, Any]) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.TagVideo(pb.TagVideoRequest(**request_kw), timeout=30)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_model_not_found(
+    stub: pb_grpc.VideoTaggerStub, client: VidtagClient, clip_bytes: bytes
+) -> None:
+    for name, version in (("no-such-model", ""), (MODEL_NAME, "999")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TagVideo(
+                pb.TagVideoRequest(video=clip_bytes, model_name=name, model_version=version),
+                timeout=30,
+            )
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
+        assert name in err.value.details()
+    with pytest.raises(ModelError):
+        client.tag(clip_bytes, model_name="no-such-model")
+
+
+def test_message_over_4mib_accepted(client: VidtagClient, clip_bytes: bytes) -> None:
+    big = pad_mp4(clip_bytes, 6 * MiB)
+    result = client.tag(big)
+    assert result.video.width == 160 and result.tags
+
+
+def test_message_over_limit_resource_exhausted(client: VidtagClient, clip_bytes: bytes) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        client.tag(pad_mp4(clip_bytes, 9 * MiB))
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# ---------------------------------------------------------------- health, reflection
+
+
+def test_reflection_lists_services(server: VidtagServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME),
+        ]
+        listed, described = list(reflect.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"vidtag.v1.VideoTagger", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # clients can build stubs
+
+
+def test_health_not_serving_until_loaded(model_repo: Path, clip_bytes: bytes) -> None:
+    with running_server(make_config(model_repo), load=False) as (srv, lt):
+        target = f"127.0.0.1:{srv.port}"
+        with VidtagClient(target, timeout=30) as c, grpc.insecure_channel(target) as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert c.health() == "NOT_SERVING" and c.health(SERVICE_NAME) == "NOT_SERVING"
+            with pytest.raises(grpc.RpcError) as err:
+                c.tag(clip_bytes)
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+            lt.run(srv.load_models())
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()  # an open Watch would hold server.stop() for its whole grace
+            assert c.health() == "SERVING" and c.health(SERVICE_NAME) == "SERVING"
+            assert c.tag(clip_bytes).tags
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_graceful_stop_finishes_in_flight_request(model_repo: Path, clip_bytes: bytes) -> None:
+    with running_server(make_config(model_repo, workers=1)) as (srv, lt):
+        # Occupy the only worker so the request is provably in flight while the server stops.
+        gate = threading.Event()
+        srv.executor.submit(gate.wait, 30)
+        target = f"127.0.0.1:{srv.port}"
+        with VidtagClient(target, timeout=30) as c, concurrent.futures.ThreadPoolExecutor(1) as ex:
+            pending = ex.submit(c.tag, clip_bytes)
+            _wait_for(lambda: srv.servicer.in_flight == 1)
+            t0 = time.monotonic()
+            stopping = lt.submit(srv.stop(grace=20))
+            _wait_for(lambda: srv.health._gracefully_shutting_down)
+            with VidtagClient(target, timeout=5) as late, pytest.raises(grpc.RpcError) as err:
+                late.tag(clip_bytes)  # a new request is refused while the old one drains
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert not pending.done()
+            gate.set()
+            assert pending.result(30).tags  # the in-flight request completed normally
+            stopping.result(30)
+            assert time.monotonic() - t0 < 15  # stop returned once drained, not after the grace
+
+
+def test_over_concurrency_cap_resource_exhausted(model_repo: Path, clip_bytes: bytes) -> None:
+    config = make_config(model_repo, workers=1, max_concurrent_rpcs=1)
+    with running_server(config) as (srv, _):
+        gate = threading.Event()
+        srv.executor.submit(gate.wait, 30)
+        target = f"127.0.0.1:{srv.port}"
+        with VidtagClient(target, timeout=30) as c, concurrent.futures.ThreadPoolExecutor(1) as ex:
+            pending = ex.submit(c.tag, clip_bytes)
+            _wait_for(lambda: srv.servicer.in_flight == 1)
+            with pytest.raises(grpc.RpcError) as err:
+                c.tag(clip_bytes)  # load shedding, not queueing
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            gate.set()
+            assert pending.result(30).tags
+
+
+def _wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
+
+
+def test_serve_subprocess_sigterm(model_repo: Path, clip_bytes: bytes) -> None:
+    """`vidtag serve` as a process: logs its port, becomes SERVING, exits 0 on SIGTERM."""
+    code = (
+        "import argparse, sys\n"
+        "from vidtag.server.cli import add_serve_arguments, run_serve\n"
+        "p = argparse.ArgumentParser(); add_serve_arguments(p)\n"
+        "sys.exit(run_serve(p.parse_args(sys.argv[1:])))\n"
+    )
+    args = ["--host", "127.0.0.1", "--port", "0", "--models", str(model_repo)]
+    args += ["--model", MODEL_NAME, "--grace-s", "5", "--workers", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stderr is not None
+    stderr = proc.stderr
+
+    def pump() -> None:
+        for ln in stderr:
+            lines.put(ln)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            m = re.search(r"listening on \S+:(\d+)", lines.get(timeout=60))
+            port = int(m.group(1)) if m else None
+        assert port, "server did not log its port"
+        with VidtagClient(f"127.0.0.1:{port}", timeout=10) as c:
+            _wait_for(lambda: c.health() == "SERVING", timeout=60)
+            assert c.tag(clip_bytes).tags
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------- units: errors and deadlines
+
+
+def test_status_table() -> None:
+    code, msg = status_for(LimitExceeded("video longer than 120 s"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "120 s" in msg
+    assert status_for(InvalidVideo("no video stream"))[0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert status_for(ModelError("model 'x' not found"))[0] is grpc.StatusCode.NOT_FOUND
+    code, msg = status_for(RuntimeError("secret /srv/models/x.onnx exploded"))
+    assert code is grpc.StatusCode.INTERNAL and msg == INTERNAL_MESSAGE and "secret" not in msg
+
+
+class _FakeContext:
+    def __init__(self, remaining: float | None) -> None:
+        self._remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+def test_deadline_checks() -> None:
+    assert _deadline(_FakeContext(None)) is None
+    for remaining in (0.0, -1.0):
+        with pytest.raises(RpcFailure) as err:
+            _deadline(_FakeContext(remaining))
+        assert err.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(RpcFailure):
+        _before(time.monotonic() - 1, lambda: 1)  # expired while queued: the work never runs
+    assert _before(time.monotonic() + 60, lambda: 1) == 1
