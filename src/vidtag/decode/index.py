@@ -25,7 +25,6 @@ class PacketIndex:
     width: int  # coded size
     height: int
     codec: str
-    rotation: int  # degrees counter-clockwise the player applies (0, 90, 180, 270)
 
     @property
     def keyframes(self) -> np.ndarray:
@@ -36,23 +35,6 @@ class PacketIndex:
         keys = self.keyframes
         ends = [*keys[1:].tolist(), len(self.packets)]
         return list(zip(keys.tolist(), ends, strict=True))
-
-
-def stream_rotation(stream: Any) -> int:
-    """Display rotation from the stream's display matrix, normalised to 0/90/180/270."""
-    rot = 0.0
-    try:
-        for sd in getattr(stream, "side_data", {}).values() if hasattr(stream, "side_data") else []:
-            if hasattr(sd, "rotation"):
-                rot = float(sd.rotation)
-    except Exception:
-        rot = 0.0
-    if not rot:
-        try:
-            rot = float(stream.metadata.get("rotate", 0))
-        except (TypeError, ValueError):
-            rot = 0.0
-    return round(rot / 90.0) * 90 % 360
 
 
 def build_index(container: Any, stream: Any, limits: DecodeLimits) -> PacketIndex:
@@ -119,5 +101,4 @@ def build_index(container: Any, stream: Any, limits: DecodeLimits) -> PacketInde
         width=width,
         height=height,
         codec=str(cc.name),
-        rotation=stream_rotation(stream),
     )

@@ -13,6 +13,7 @@ import numpy as np
 from vidtag.decode.index import PacketIndex
 from vidtag.decode.spec import SamplingSpec
 
+MAX_FILL = 8  # packets a fill may add to reach the next usable frame of a GOP
 PACKET_OVERHEAD = 0.08  # cost units of decoding an empty inter frame, in keyframe equivalents
 
 
@@ -52,11 +53,15 @@ class _State:
         for g, (s, e) in enumerate(bounds):
             self.gop_of[s:e] = g
         self.prefix = np.zeros(len(bounds), dtype=np.int64)
+        # Leading pictures (open GOP: presented before their keyframe) reference the previous
+        # GOP, so a decode that starts at the keyframe drops them: decoded, never returned.
+        self.usable = index.pts_s >= index.pts_s[self.starts][self.gop_of] - 1e-9
 
     def available(self, prefix: np.ndarray | None = None) -> np.ndarray:
         p = self.prefix if prefix is None else prefix
         idx = [np.arange(s, s + n) for s, n in zip(self.starts, p, strict=True) if n > 0]
-        return np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
+        got = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
+        return got[self.usable[got]]
 
     def extend_cost(self, g: int, length: int) -> float:
         s, cur = int(self.starts[g]), int(self.prefix[g])
@@ -80,7 +85,8 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     budget = float("inf") if exact else spec.budget
     norm = max(index.duration, 1e-6)
     # The exact frame for each target, and the prefix needed to reach it.
-    best = [int(np.argmin(np.abs(pts - t))) for t in targets]
+    usable = np.flatnonzero(st.usable)
+    best = [int(usable[np.argmin(np.abs(pts[usable] - t))]) for t in targets]
     while True:
         cur = _deviation(targets, pts[st.available()])
         if cur <= 1e-9:
@@ -119,18 +125,22 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
         avail = st.available()
         nearest = int(avail[np.argmin(np.abs(pts[avail] - t))])
         if nearest in chosen:
+            # Grow that GOP's prefix to the next usable frame (past any leading pictures).
             g = int(st.gop_of[nearest])
+            s0, cur = int(st.starts[g]), int(st.prefix[g])
             end = int(st.starts[g + 1]) if g + 1 < len(st.starts) else len(pts)
-            length = min(int(st.prefix[g]) + 3, end - int(st.starts[g]))
-            c = st.extend_cost(g, length)
-            if length > st.prefix[g] and spent + c <= budget:
-                st.prefix[g] = length
-                spent += c
+            nxt = next(
+                (j for j in range(s0 + cur, min(end, s0 + cur + MAX_FILL)) if st.usable[j]), None
+            )
+            if nxt is not None and spent + st.extend_cost(g, nxt - s0 + 1) <= budget:
+                spent += st.extend_cost(g, nxt - s0 + 1)
+                st.prefix[g] = nxt - s0 + 1
                 avail = st.available()
         free = np.array([i for i in avail.tolist() if i not in chosen], dtype=np.int64)
         pool = free if free.size else avail
         chosen.append(int(pool[np.argmin(np.abs(pts[pool] - t))]))
 
+    chosen.sort(key=lambda i: (pts[i], i))  # frames go to the network in presentation order
     prefixes = {int(s): int(n) for s, n in zip(st.starts, st.prefix, strict=True) if n > 0}
     return Plan(
         prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(chosen), cost=spent

@@ -43,10 +43,10 @@ def _open(source: bytes | str | Path, limits: DecodeLimits) -> Any:
         raise InvalidVideo(f"not a readable video container: {exc}") from exc
 
 
-def _decoder(stream: Any, threaded: bool) -> Any:
-    cc = av.CodecContext.create(stream.codec_context.name, "r")
-    if stream.codec_context.extradata:
-        cc.extradata = stream.codec_context.extradata
+def _configure(stream: Any, threaded: bool) -> Any:
+    """The stream's own decoder (it carries the container's side data, e.g. the display matrix,
+    onto every frame); threading must be chosen before its first packet."""
+    cc = stream.codec_context
     if threaded:
         cc.thread_type = "FRAME"
         cc.thread_count = 2
@@ -56,21 +56,23 @@ def _decoder(stream: Any, threaded: bool) -> Any:
     return cc
 
 
-def _to_rgb(frame: Any, spec: SamplingSpec, rotation: int) -> np.ndarray:
+def _to_rgb(frame: Any, spec: SamplingSpec) -> np.ndarray:
     """Resize+convert inside swscale; rotate the small result, never the full frame."""
+    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
     swap = rotation in (90, 270)
     w, h = (spec.height, spec.width) if swap else (spec.width, spec.height)
     arr = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
     if rotation:
-        # The display matrix rotates counter-clockwise by `rotation` degrees.
+        # The display matrix asks for a counter-clockwise rotation by `rotation` degrees.
         arr = np.rot90(arr, k=rotation // 90)
     return np.ascontiguousarray(arr)
 
 
 def execute_plan(
     stream: Any, index: PacketIndex, plan: Plan, spec: SamplingSpec, limits: DecodeLimits
-) -> tuple[dict[int, np.ndarray], int, int]:
-    """Decode the planned prefixes: (frames by packet index, frames decoded, corrupt packets)."""
+) -> tuple[dict[int, np.ndarray], int, int, int]:
+    """Decode the planned prefixes: (frames by packet index, frames decoded, corrupt packets,
+    display rotation of the frames)."""
     wanted = set(plan.chosen)
     by_pts = {round(float(index.pts_s[i]), 6): i for i in wanted}
     out: dict[int, np.ndarray] = {}
@@ -79,14 +81,9 @@ def execute_plan(
     tb = stream.time_base
     first_pts = [p.pts for p in index.packets if p.pts is not None]
     pts0 = min(first_pts) if first_pts else None
-    plain = threaded = None
+    rotation = 0
+    dec = _configure(stream, threaded=max(plan.prefixes.values()) > THREADED_PREFIX)
     for start, length in sorted(plan.prefixes.items()):
-        if length > THREADED_PREFIX:
-            threaded = threaded or _decoder(stream, threaded=True)
-            dec = threaded
-        else:
-            plain = plain or _decoder(stream, threaded=False)
-            dec = plain
         frames: list[Any] = []
         for pkt in index.packets[start : start + length]:
             if time.monotonic() > deadline:
@@ -107,8 +104,9 @@ def execute_plan(
             key = round(float((fr.pts - pts0) * tb), 6)
             i = by_pts.get(key)
             if i is not None and i not in out:
-                out[i] = _to_rgb(fr, spec, index.rotation)
-    return out, decoded, corrupt
+                out[i] = _to_rgb(fr, spec)
+                rotation = int(getattr(fr, "rotation", 0) or 0) % 360
+    return out, decoded, corrupt, rotation
 
 
 def sample_pyav(
@@ -122,7 +120,7 @@ def sample_pyav(
         stream = container.streams.video[0]
         index = build_index(container, stream, limits)
         plan = plan_frames(index, spec)
-        frames, decoded, corrupt = execute_plan(stream, index, plan, spec, limits)
+        frames, decoded, corrupt, rotation = execute_plan(stream, index, plan, spec, limits)
     finally:
         container.close()
     if not frames:
@@ -137,7 +135,7 @@ def sample_pyav(
     stamps = tuple(float(index.pts_s[i]) for i in picks)
     dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets))))
     h, w = (index.height, index.width)
-    disp_w, disp_h = (h, w) if index.rotation in (90, 270) else (w, h)
+    disp_w, disp_h = (h, w) if rotation in (90, 270) else (w, h)
     return DecodedClip(
         frames=np.stack([frames[i] for i in picks]),
         timestamps=stamps,
@@ -151,7 +149,7 @@ def sample_pyav(
         duration=index.duration,
         fps=index.fps,
         codec=index.codec,
-        rotation=index.rotation,
+        rotation=rotation,
         keyframes=int(index.is_key.sum()),
         seconds=time.perf_counter() - t0,
     )

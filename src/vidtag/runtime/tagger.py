@@ -46,6 +46,24 @@ class TagResult:
     all_scores: np.ndarray  # float32 (C,) sigmoid score of every tag, in the artifact's tag order
 
 
+def _warmup_clip(frames: int = 12, size: int = 64) -> bytes:
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=12)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": "4"}
+        for i in range(frames):
+            img = np.full((size, size, 3), 30 + 10 * i, dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -97,8 +115,9 @@ class Tagger:
         return cls(resolve_model(repo or default_repository(), name, version), **kw)
 
     def warmup(self) -> None:
-        s = self.meta.input
-        self.backend(np.zeros((1, 3, s.frames, s.height, s.width), dtype=np.float32))
+        """Run the whole path once on a clip made in memory (first decode and first inference
+        each cost several times a warm one)."""
+        self.tag(_warmup_clip())
 
     def decode(self, source: bytes | str | Path) -> DecodedClip:
         return sample_frames(source, self.spec, self.limits)
