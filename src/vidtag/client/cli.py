@@ -12,7 +12,7 @@ from typing import IO, TYPE_CHECKING, Any
 from vidtag.errors import VidtagError
 
 if TYPE_CHECKING:
-    from vidtag.runtime.tagger import TagResult
+    from vidtag.results import TagResult
 
 TagFn = Callable[[Path], "TagResult"]
 

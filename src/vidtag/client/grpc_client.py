@@ -15,14 +15,14 @@ from vidtag.v1 import tagger_pb2 as pb
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from vidtag.runtime.tagger import TagResult
+    from vidtag.results import TagResult
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 
 def response_to_result(response: pb.TagVideoResponse) -> TagResult:
     """Translate a wire response (timings in ms) to the domain `TagResult` (seconds)."""
-    from vidtag.runtime.tagger import TagResult, TagScore, VideoInfo
+    from vidtag.results import TagResult, TagScore, VideoInfo
 
     v = response.video
     t = response.timings

@@ -3,47 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits, sample_frames
+from vidtag.results import TagResult, TagScore, VideoInfo
 from vidtag.runtime.artifact import ArtifactMeta, load_meta
 from vidtag.runtime.onnx_backend import OnnxBackend
 from vidtag.runtime.preprocess import preprocess
 from vidtag.runtime.repository import default_repository, resolve_model
-
-
-@dataclass(frozen=True)
-class TagScore:
-    name: str
-    score: float
-    group: str
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    width: int
-    height: int
-    duration: float
-    fps: float
-    codec: str
-    rotation: int
-    frames_decoded: int
-    sampled_timestamps: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class TagResult:
-    tags: tuple[TagScore, ...]  # ranked by score, after thresholds and top-k
-    embedding: np.ndarray | None  # float32 (D,), L2-normalised
-    model_name: str
-    model_version: str
-    video: VideoInfo
-    timings: dict[str, float]  # seconds: decode, preprocess, inference, postprocess, total
-    all_scores: np.ndarray  # float32 (C,) sigmoid score of every tag, in the artifact's tag order
 
 
 def _warmup_clip(frames: int = 12, size: int = 64) -> bytes:
