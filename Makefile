@@ -10,9 +10,10 @@ MODELS ?= models
 # The default model: how it was trained (make model reproduces it).
 SEED_TRAIN ?= 1
 SEED_TEST  ?= 2
-N_TRAIN    ?= 3000
+N_TRAIN    ?= 2400
 N_TEST     ?= 200
 WORK       ?= build/stb1
+MODEL_VERSION ?= 1
 
 .PHONY: install proto serve test test-slow lint typecheck model eval-default clean
 
@@ -46,7 +47,7 @@ lint: install
 model: install
 	$(VENV)/bin/vidtag synth --split train --count $(N_TRAIN) --seed $(SEED_TRAIN) --out $(WORK)/train
 	$(VENV)/bin/vidtag train --manifest $(WORK)/train/manifest.jsonl --out $(WORK)/run
-	$(VENV)/bin/vidtag export --checkpoint $(WORK)/run/best.pt --out $(MODELS) --name stb1 --version $$(date +%Y%m%d%H%M)
+	$(VENV)/bin/vidtag export --checkpoint $(WORK)/run/best.pt --out $(MODELS) --name stb1 --version $(MODEL_VERSION)
 	$(MAKE) eval-default
 
 eval-default: install

@@ -10,19 +10,16 @@ client-side p50/p90/p99/max with the server-side stage split (decode, inference,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vidtag.client.grpc_client import VidtagClient
 from vidtag.runtime.repository import default_repository, resolve_model
-from vidtag.server.app import VidtagServer
+from vidtag.server.background import running_server
 from vidtag.server.config import ServeConfig
 from vidtag.synth import generate
 
@@ -62,19 +59,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(args.clip) if args.clip else _clip(Path(tmp), args.seconds)
         data = clip.read_bytes()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-
-        def run(coro: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
-
-        server = VidtagServer(
-            ServeConfig(host="127.0.0.1", port=0, model_repository=repo, model_name=name)
-        )
-        run(server.start())
-        run(server.load_models())
+        config = ServeConfig(host="127.0.0.1", port=0, model_repository=repo, model_name=name)
         lat, stages = [], []
-        with VidtagClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+        with (
+            running_server(config) as (server, _),
+            VidtagClient(f"127.0.0.1:{server.port}", timeout=30) as client,
+        ):
             client.tag(data)  # one request to open the channel
             for _ in range(args.requests):
                 t0 = time.perf_counter()
@@ -87,7 +77,6 @@ def main() -> None:
                         res.timings["total"] * 1000,
                     )
                 )
-        run(server.stop(0))
     lat_a = np.asarray(lat)
     st = np.asarray(stages)
     p = {q: float(np.percentile(lat_a, q)) for q in (50, 90, 99)}

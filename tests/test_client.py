@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from vidtag.client.cli import add_tag_arguments, run_tag
 from vidtag.client.grpc_client import VidtagClient
 from vidtag.errors import InvalidVideo
 from vidtag.runtime.tagger import Tagger
-from vidtag.server.app import VidtagServer
+from vidtag.server.background import running_server
 from vidtag.server.config import ServeConfig
 
 MODEL_NAME = "tiny"
@@ -37,26 +35,11 @@ def model_dir(model_repo: Path) -> Path:
 @pytest.fixture(scope="module")
 def target(model_dir: Path) -> Iterator[str]:
     """`host:port` of a SERVING server, its event loop on a background thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     config = ServeConfig(
         host="127.0.0.1", port=0, model_repository=model_dir.parents[1], model_name=MODEL_NAME
     )
-    server = VidtagServer(config)
-
-    def run(coro: object) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)  # type: ignore[arg-type]
-
-    try:
-        run(server.start())
-        run(server.load_models())
+    with running_server(config) as (server, _):
         yield f"127.0.0.1:{server.port}"
-    finally:
-        run(server.stop(0))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 # ---------------------------------------------------------------- library

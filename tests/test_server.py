@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import queue
@@ -13,8 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from vidtag.client.grpc_client import VidtagClient
 from vidtag.errors import InvalidVideo, LimitExceeded, ModelError
 from vidtag.server.app import VidtagServer
+from vidtag.server.background import running_server
 from vidtag.server.config import MiB, ServeConfig
 from vidtag.server.errors import INTERNAL_MESSAGE, RpcFailure, status_for
 from vidtag.server.servicer import SERVICE_NAME, _before, _deadline
@@ -50,42 +49,6 @@ def pad_mp4(data: bytes, total: int) -> bytes:
 
 
 # ---------------------------------------------------------------- an in-process server
-
-
-class LoopThread:
-    """An asyncio loop on a background thread, so tests can use the blocking client."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        return self.submit(coro).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-
-@contextmanager
-def running_server(
-    config: ServeConfig, *, load: bool = True
-) -> Iterator[tuple[VidtagServer, LoopThread]]:
-    lt = LoopThread()
-    server = VidtagServer(config)
-    try:
-        lt.run(server.start())
-        if load:
-            lt.run(server.load_models())
-        yield server, lt
-    finally:
-        lt.run(server.stop(0))
-        lt.close()
 
 
 def make_config(repo: Path, **kw: Any) -> ServeConfig:

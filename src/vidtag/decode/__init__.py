@@ -8,23 +8,15 @@ from pathlib import Path
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.spec import SamplingSpec
+from vidtag.registry import Registry
 
 Backend = Callable[[bytes | str | Path, SamplingSpec, DecodeLimits], DecodedClip]
-_BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(name: str) -> Callable[[Backend], Backend]:
-    def deco(fn: Backend) -> Backend:
-        if name in _BACKENDS:
-            raise ValueError(f"decode backend {name!r} registered twice")
-        _BACKENDS[name] = fn
-        return fn
-
-    return deco
+BACKENDS: Registry[Backend] = Registry("decode backend")
+register_backend = BACKENDS.register
 
 
 def _load_builtin() -> None:
-    if "pyav" not in _BACKENDS:
+    if "pyav" not in BACKENDS:
         from vidtag.decode.pyav_backend import sample_pyav
 
         register_backend("pyav")(sample_pyav)
@@ -32,7 +24,7 @@ def _load_builtin() -> None:
 
 def backends() -> list[str]:
     _load_builtin()
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def sample_frames(
@@ -43,13 +35,7 @@ def sample_frames(
 ) -> DecodedClip:
     """Decode `spec.frames` frames spread over the clip; raises InvalidVideo / LimitExceeded."""
     _load_builtin()
-    try:
-        fn = _BACKENDS[backend]
-    except KeyError:
-        raise ValueError(
-            f"unknown decode backend {backend!r}; known: {sorted(_BACKENDS)}"
-        ) from None
-    return fn(source, spec or SamplingSpec(), limits or DecodeLimits())
+    return BACKENDS.get(backend)(source, spec or SamplingSpec(), limits or DecodeLimits())
 
 
 __all__ = [

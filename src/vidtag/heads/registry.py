@@ -8,29 +8,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidtag.registry import Registry
+
 LossBuilder = Callable[..., nn.Module]
-_LOSSES: dict[str, LossBuilder] = {}
-
-
-def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
-    def deco(fn: LossBuilder) -> LossBuilder:
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} registered twice")
-        _LOSSES[name] = fn
-        return fn
-
-    return deco
+LOSSES: Registry[LossBuilder] = Registry("loss")
+register_loss = LOSSES.register
+list_losses = LOSSES.names
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
-    try:
-        return _LOSSES[name](**kwargs)
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; known: {sorted(_LOSSES)}") from None
-
-
-def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return LOSSES.get(name)(**kwargs)
 
 
 class BinaryRelevance(nn.Module):

@@ -7,27 +7,13 @@ from typing import Any
 
 from torch import nn
 
+from vidtag.registry import Registry
+
 ModelBuilder = Callable[..., nn.Module]
-_MODELS: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    def deco(fn: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+MODELS: Registry[ModelBuilder] = Registry("model")
+register_model = MODELS.register
+list_models = MODELS.names
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    try:
-        builder = _MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(_MODELS)}") from None
-    return builder(**kwargs)
-
-
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.get(name)(**kwargs)

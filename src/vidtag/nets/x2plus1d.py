@@ -46,6 +46,7 @@ class X2Plus1D(nn.Module):
         widths: tuple[int, ...] = (16, 24, 48, 96, 160),
         embedding: int = 256,
         dropout: float = 0.2,
+        pool: str = "avgmax",
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -58,6 +59,12 @@ class X2Plus1D(nn.Module):
         self.project = nn.Sequential(
             nn.Conv3d(widths[-1], embedding, 1, bias=False), *_bn_act(embedding)
         )
+        if pool not in ("avg", "avgmax"):
+            raise ValueError(f"pool must be 'avg' or 'avgmax', not {pool!r}")
+        self.pool = pool
+        # Max pooling keeps the evidence of a small object that average pooling dilutes.
+        pooled = embedding * (2 if pool == "avgmax" else 1)
+        self.embed = nn.Linear(pooled, embedding) if pool == "avgmax" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embedding, num_classes)
         self.embedding_size = embedding
@@ -65,6 +72,8 @@ class X2Plus1D(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.project(self.stages(self.stem(x)))
         emb = x.mean(dim=(2, 3, 4))
+        if self.pool == "avgmax":
+            emb = self.embed(torch.cat([emb, x.amax(dim=(2, 3, 4))], dim=1))
         return self.classifier(self.dropout(emb)), emb
 
 

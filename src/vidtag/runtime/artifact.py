@@ -10,6 +10,7 @@ from typing import Any
 
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import ModelError
+from vidtag.runtime.decision import DecisionRule
 
 FORMAT = "vidtag-artifact/1"
 METADATA_FILE = "model.json"
@@ -40,9 +41,21 @@ class ArtifactMeta:
     embedding_size: int
     top_k: int = 0  # 0: no cap beyond thresholds
     min_tags: int = 1  # always return at least this many (the best-scoring) tags
+    # Per tag group (min, max) tags a clip carries; see DecisionRule.
+    group_limits: dict[str, tuple[int, int]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
+
+    def decision_rule(self) -> DecisionRule:
+        return DecisionRule(
+            tags=self.tags,
+            groups=self.groups,
+            thresholds=self.thresholds,
+            group_limits=self.group_limits,
+            min_tags=self.min_tags,
+            top_k=self.top_k,
+        )
 
     def sampling_spec(self, **override: Any) -> SamplingSpec:
         kw = {**self.sampling, **override}
@@ -82,6 +95,9 @@ def load_meta(directory: str | Path) -> ArtifactMeta:
         raw["tags"] = tuple(raw["tags"])
         raw["groups"] = {k: tuple(v) for k, v in raw["groups"].items()}
         raw["thresholds"] = tuple(float(t) for t in raw["thresholds"])
+        raw["group_limits"] = {
+            g: (int(v[0]), int(v[1])) for g, v in raw.get("group_limits", {}).items()
+        }
         meta = ArtifactMeta(**raw)
     except (KeyError, TypeError) as exc:
         raise ModelError(f"{path}: malformed metadata: {exc}") from exc

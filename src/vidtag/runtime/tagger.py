@@ -10,7 +10,7 @@ import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits, sample_frames
 from vidtag.results import TagResult, TagScore, VideoInfo
-from vidtag.runtime.artifact import ArtifactMeta, load_meta
+from vidtag.runtime.artifact import load_meta
 from vidtag.runtime.onnx_backend import OnnxBackend
 from vidtag.runtime.preprocess import preprocess
 from vidtag.runtime.repository import default_repository, resolve_model
@@ -38,23 +38,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def select_tags(
-    scores: np.ndarray,
-    meta: ArtifactMeta,
-    top_k: int | None = None,
-    threshold: float | None = None,
-) -> list[int]:
-    """Indices of the chosen tags, best first: per-tag thresholds (or one override), top-k cap,
-    and at least `meta.min_tags`."""
-    thr = np.full_like(scores, threshold) if threshold is not None else np.asarray(meta.thresholds)
-    order = np.argsort(-scores, kind="stable")
-    keep = [int(i) for i in order if scores[i] >= thr[i]]
-    if len(keep) < meta.min_tags:
-        keep = [int(i) for i in order[: meta.min_tags]]
-    k = top_k if top_k else meta.top_k
-    return keep[:k] if k else keep
-
-
 class Tagger:
     """Decode -> preprocess -> ONNX Runtime -> thresholds. Thread-safe."""
 
@@ -73,6 +56,7 @@ class Tagger:
         self.spec = self.meta.sampling_spec(**(sampling or {}))
         self.backend = OnnxBackend(self.model_dir / self.meta.network_file, threads=threads)
         self._group = {t: g for g, ts in self.meta.groups.items() for t in ts}
+        self.rule = self.meta.decision_rule()
 
     @classmethod
     def from_repository(
@@ -115,7 +99,7 @@ class Tagger:
         t1 = time.perf_counter()
         scores, emb, stage = self.scores(clip)
         t2 = time.perf_counter()
-        chosen = select_tags(scores, self.meta, top_k, threshold)
+        chosen = self.rule.select(scores, top_k, threshold)
         tags = tuple(
             TagScore(self.meta.tags[i], float(scores[i]), self._group.get(self.meta.tags[i], ""))
             for i in chosen

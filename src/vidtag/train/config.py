@@ -16,9 +16,9 @@ class TrainConfig:
     height: int = 160
     width: int = 96
     policy: str = "fast"
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 3e-3
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.1  # held out from train when no val manifest is given
     seed: int = 0

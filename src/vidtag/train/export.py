@@ -75,6 +75,7 @@ def export_artifact(
     model: torch.nn.Module | None = None,
     input_spec: InputSpec | None = None,
     thresholds: list[float] | None = None,
+    group_limits: dict[str, tuple[int, int]] | None = None,
     metrics: dict[str, Any] | None = None,
     sampling: dict[str, Any] | None = None,
     atol: float = 1e-3,
@@ -89,6 +90,7 @@ def export_artifact(
         model.load_state_dict(state["model"])
         input_spec = input_spec or InputSpec(cfg["frames"], cfg["height"], cfg["width"], MEAN, STD)
         thresholds = thresholds or state["thresholds"]
+        group_limits = group_limits or state.get("group_limits")
         metrics = {"validation": state["val_metrics"], **(metrics or {})}
         sampling = sampling or {"policy": cfg["policy"]}
         extra = {"checkpoint_epoch": state["epoch"], "train_config": cfg}
@@ -119,6 +121,7 @@ def export_artifact(
             tags=TAGS,
             groups=dict(TAG_GROUPS),
             thresholds=tuple(float(t) for t in (thresholds or [0.5] * len(TAGS))),
+            group_limits={g: (int(a), int(b)) for g, (a, b) in (group_limits or {}).items()},
             embedding_size=emb_size,
             provenance={
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -22,6 +22,7 @@ from vidtag.decode import SamplingSpec
 from vidtag.heads import create_loss
 from vidtag.nets import create_model
 from vidtag.runtime.artifact import InputSpec
+from vidtag.runtime.decision import DecisionRule, observed_group_limits
 from vidtag.runtime.preprocess import preprocess
 from vidtag.tags import TAG_GROUPS, TAG_INDEX, TAGS
 from vidtag.train.augment import augment
@@ -111,6 +112,7 @@ def train(cfg: TrainConfig) -> Path:
     x_tr_np = np.asarray(x_tr[tr_idx]) if not cfg.val_manifest else x_tr
     y_tr = y_tr[tr_idx]
 
+    limits = observed_group_limits(y_tr, TAGS, TAG_GROUPS)
     model = create_model(cfg.arch, num_classes=len(TAGS))
     loss_fn = create_loss(cfg.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -148,7 +150,8 @@ def train(cfg: TrainConfig) -> Path:
         scores = predict(model, x_va, ispec)
         truth = y_va.astype(bool)
         thresholds = calibrate_thresholds(scores, truth)
-        metrics = evaluate_predictions(scores, scores >= thresholds, truth, TAGS, TAG_GROUPS)
+        rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
+        metrics = evaluate_predictions(scores, rule.predict(scores), truth, TAGS, TAG_GROUPS)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / len(y_tr),
@@ -159,7 +162,8 @@ def train(cfg: TrainConfig) -> Path:
         print(json.dumps(row), flush=True)
         if metrics["mean_jaccard"] > best_j:
             best_j = metrics["mean_jaccard"]
-            torch.save(_best_state(cfg, model, thresholds, metrics, epoch), out / "best.pt")
+            best = _best_state(cfg, model, rule, metrics, epoch)
+            torch.save(best, out / "best.pt")
         torch.save(
             {
                 "config": asdict(cfg),
@@ -179,7 +183,7 @@ def train(cfg: TrainConfig) -> Path:
 def _best_state(
     cfg: TrainConfig,
     model: torch.nn.Module,
-    thresholds: np.ndarray,
+    rule: DecisionRule,
     metrics: dict[str, float],
     epoch: int,
 ) -> dict[str, Any]:
@@ -187,7 +191,8 @@ def _best_state(
         "config": asdict(cfg),
         "arch": cfg.arch,
         "model": {k: v.clone() for k, v in model.state_dict().items()},
-        "thresholds": thresholds.tolist(),
+        "thresholds": list(rule.thresholds),
+        "group_limits": rule.group_limits,
         "val_metrics": metrics,
         "epoch": epoch + 1,
         "tags": list(TAGS),
