@@ -8,6 +8,8 @@ per-frame features cannot.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -82,20 +84,18 @@ class X2Plus1D(nn.Module):
 
 
 @register_model("x2plus1d_s")
-def x2plus1d_s(num_classes: int, **kw: object) -> nn.Module:
+def x2plus1d_s(num_classes: int, **kw: Any) -> nn.Module:
     """The default CPU model: ~0.3 GFLOPs at 8x160x96."""
-    return X2Plus1D(num_classes, **kw)  # type: ignore[arg-type]
+    return X2Plus1D(num_classes, **kw)
 
 
 @register_model("x2plus1d_m")
-def x2plus1d_m(num_classes: int, **kw: object) -> nn.Module:
+def x2plus1d_m(num_classes: int, **kw: Any) -> nn.Module:
     """Wider, and keeps stride 2 until stage 2, for small objects: ~4x the FLOPs of `_s`."""
-    return X2Plus1D(  # type: ignore[arg-type]
-        num_classes, widths=(24, 32, 64, 128, 192), strides=(1, 2, 2, 2), **kw
-    )
+    return X2Plus1D(num_classes, widths=(24, 32, 64, 128, 192), strides=(1, 2, 2, 2), **kw)
 
 
 @register_model("x2plus1d_xs")
-def x2plus1d_xs(num_classes: int, **kw: object) -> nn.Module:
+def x2plus1d_xs(num_classes: int, **kw: Any) -> nn.Module:
     """Half-width variant for tests and very small budgets."""
-    return X2Plus1D(num_classes, widths=(8, 12, 24, 48, 80), embedding=128, **kw)  # type: ignore[arg-type]
+    return X2Plus1D(num_classes, widths=(8, 12, 24, 48, 80), embedding=128, **kw)
