@@ -18,6 +18,7 @@ class PacketIndex:
 
     packets: list[Any]  # av.Packet, kept so decoding needs no second demux or seek
     pts_s: np.ndarray  # presentation time in seconds from the stream start, float64
+    origin_s: float  # stream time (seconds) of pts_s == 0: a decoded frame is at pts*tb - origin_s
     is_key: np.ndarray  # bool
     sizes: np.ndarray  # bytes, int64
     duration: float
@@ -78,7 +79,8 @@ def build_index(container: Any, stream: Any, limits: DecodeLimits) -> PacketInde
         # Missing timestamps: place them halfway between neighbours in decode order.
         idx = np.flatnonzero(~np.isnan(pts_arr))
         pts_arr = np.interp(np.arange(len(pts_arr)), idx, pts_arr[idx])
-    pts_arr = pts_arr - float(np.min(pts_arr))
+    origin = float(np.min(pts_arr))
+    pts_arr = pts_arr - origin
     is_key = np.asarray(keys, dtype=bool)
     if not is_key.any():
         is_key[0] = True  # some muxers flag nothing; decoding from the first packet still works
@@ -94,6 +96,7 @@ def build_index(container: Any, stream: Any, limits: DecodeLimits) -> PacketInde
     return PacketIndex(
         packets=packets,
         pts_s=pts_arr,
+        origin_s=origin,
         is_key=is_key,
         sizes=np.asarray(sizes, dtype=np.int64),
         duration=duration,

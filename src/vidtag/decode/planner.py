@@ -45,7 +45,6 @@ def _deviation(targets: np.ndarray, avail_pts: np.ndarray) -> float:
 
 class _State:
     def __init__(self, index: PacketIndex, costs: np.ndarray) -> None:
-        self.index = index
         self.costs = costs
         bounds = index.gop_bounds()
         self.gop_of = np.empty(len(index.packets), dtype=np.int64)

@@ -79,8 +79,6 @@ def execute_plan(
     decoded = corrupt = 0
     deadline = time.monotonic() + limits.max_decode_s
     tb = stream.time_base
-    first_pts = [p.pts for p in index.packets if p.pts is not None]
-    pts0 = min(first_pts) if first_pts else None
     rotation = 0
     dec = _configure(stream, threaded=max(plan.prefixes.values()) > THREADED_PREFIX)
     for start, length in sorted(plan.prefixes.items()):
@@ -99,9 +97,9 @@ def execute_plan(
         dec.flush_buffers()
         decoded += len(frames)
         for fr in frames:
-            if fr.pts is None or pts0 is None or tb is None:
+            if fr.pts is None or tb is None:
                 continue
-            key = round(float((fr.pts - pts0) * tb), 6)
+            key = round(float(fr.pts * tb) - index.origin_s, 6)
             i = by_pts.get(key)
             if i is not None and i not in out:
                 out[i] = _to_rgb(fr, spec)
