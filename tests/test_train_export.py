@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "manifest.jsonl"
 
 
-def _cfg(manifest: Path, out: Path, epochs: int) -> TrainConfig:
+def _cfg(manifest: Path, out: Path, epochs: int, **kw: Any) -> TrainConfig:
     return TrainConfig(
         train_manifest=str(manifest),
         val_manifest=None,
@@ -44,6 +45,7 @@ def _cfg(manifest: Path, out: Path, epochs: int) -> TrainConfig:
         workers=1,
         progress=False,
         val_fraction=0.34,
+        **kw,
     )
 
 
@@ -67,6 +69,16 @@ def test_train_resume_export_and_tag(tiny_manifest: Path, tmp_path: Path) -> Non
     assert res.all_scores.shape == (22,)
     with pytest.raises(FileExistsError):
         export_artifact(tmp_path / "models", name="tiny", version="1", checkpoint=best)
+
+
+def test_time_budget_ends_training_at_the_first_epoch_past_it(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "budget"
+    best = train(_cfg(tiny_manifest, out, epochs=50, time_budget_s=1e-3))
+    hist = json.loads((out / "history.json").read_text())
+    assert best.is_file() and len(hist) == 1
+    assert hist[0]["lr"] == pytest.approx(2e-3 * 1e-4)  # the schedule ran to its end
 
 
 def test_export_refuses_a_network_onnx_cannot_match(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The `vidtag` command: synth, train, export, eval, sample, serve, tag."""
+"""The `vidtag` command: synth, cache, train, export, eval, sample, serve, tag."""
 
 from __future__ import annotations
 
@@ -59,8 +59,23 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
         resume=not args.no_resume,
+        device=args.device,
+        amp=not args.no_amp,
+        time_budget_s=args.time_budget,
+        warmup=args.warmup,
     )
     print(train(cfg))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from vidtag.decode import SamplingSpec
+    from vidtag.train.cache import build_cache
+
+    spec = SamplingSpec(
+        frames=args.frames, height=args.height, width=args.width, policy=args.policy
+    )
+    print(build_cache(args.manifest, args.out, spec, args.workers or None, not args.quiet))
     return 0
 
 
@@ -181,8 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        help="seconds of wall time: the LR schedule follows it and training stops there",
+    )
+    p.add_argument("--warmup", type=float, default=0.15, help="warm-up fraction of the schedule")
     p.add_argument("--quiet", action="store_true")
     handlers["train"] = _train
+
+    p = sub.add_parser(
+        "cache", help="decode a manifest once into a training frame cache (train --out/cache-train)"
+    )
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--height", type=int, default=160)
+    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--policy", choices=["fast", "exact"], default="fast")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    p.add_argument("--quiet", action="store_true")
+    handlers["cache"] = _cache
 
     p = sub.add_parser("export", help="checkpoint -> parity-checked model artifact")
     p.add_argument("--checkpoint", required=True)

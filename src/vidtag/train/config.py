@@ -26,3 +26,7 @@ class TrainConfig:
     workers: int = 0  # decode processes for the frame cache, 0 = all cores
     progress: bool = True
     resume: bool = True
+    device: str = "auto"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    time_budget_s: float = 0.0  # > 0: the LR schedule runs on wall time and training stops there
+    warmup: float = 0.15  # fraction of the schedule spent warming up

@@ -1,0 +1,77 @@
+"""Batched augmentation, normalisation and the LR schedule of the trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidtag.runtime.artifact import InputSpec
+from vidtag.runtime.preprocess import preprocess
+from vidtag.tags import TAG_INDEX, TAGS
+from vidtag.train.augment import BatchAugmenter, normalise
+from vidtag.train.trainer import lr_factor
+
+
+def _labels(*tags: str) -> np.ndarray:
+    y = np.zeros(len(TAGS), np.float32)
+    for t in tags:
+        y[TAG_INDEX[t]] = 1
+    return y
+
+
+def test_normalise_matches_the_serving_preprocess() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 4, 10, 6, 3), dtype=np.uint8)
+    spec = InputSpec(frames=4, height=10, width=6, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    got = normalise(torch.from_numpy(frames), spec.mean, spec.std).numpy()
+    want = np.stack([preprocess(f, spec) for f in frames])
+    assert got.shape == (2, 3, 4, 10, 6)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mask", "flip", "before", "after"),
+    [
+        (0, lambda f: f[:, :, ::-1], ("move_left", "zoom_in"), ("move_right", "zoom_in")),
+        (1, lambda f: f[:, ::-1], ("move_up", "blink"), ("move_down", "blink")),
+        (
+            2,
+            lambda f: f[::-1],
+            ("move_left", "move_up", "zoom_out", "rotate"),
+            ("move_right", "move_down", "zoom_in", "rotate"),
+        ),
+    ],
+)
+def test_each_transform_moves_pixels_and_swaps_the_labels_it_mirrors(
+    mask: int, flip: object, before: tuple[str, ...], after: tuple[str, ...]
+) -> None:
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 3, 5, 4, 3), dtype=np.uint8)
+    y = np.stack([_labels(*before), _labels(*before)])
+    masks = [torch.zeros(2, dtype=torch.bool) for _ in range(3)]
+    masks[mask][0] = True  # transform the first sample only
+    x2, y2 = BatchAugmenter(TAGS).apply(torch.from_numpy(frames), torch.from_numpy(y), *masks)
+    np.testing.assert_array_equal(x2[0].numpy(), flip(frames[0]))  # type: ignore[operator]
+    np.testing.assert_array_equal(x2[1].numpy(), frames[1])
+    np.testing.assert_array_equal(y2[0].numpy(), _labels(*after))
+    np.testing.assert_array_equal(y2[1].numpy(), y[1])
+
+
+def test_random_augmentation_is_seeded_and_mixes_samples() -> None:
+    aug = BatchAugmenter(TAGS)
+    frames = torch.arange(64 * 2 * 2 * 2 * 3, dtype=torch.int64).reshape(64, 2, 2, 2, 3)
+    y = torch.from_numpy(np.stack([_labels("move_left")] * 64))
+    a = aug.random(frames, y, torch.Generator().manual_seed(5))
+    b = aug.random(frames, y, torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    changed = (a[0] != frames).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < 64
+
+
+def test_lr_schedule_warms_up_then_anneals() -> None:
+    assert lr_factor(0.0, 0.15) == pytest.approx(1 / 25)
+    assert lr_factor(0.15, 0.15) == pytest.approx(1.0)
+    assert lr_factor(1.0, 0.15) == pytest.approx(1e-4)
+    xs = [lr_factor(p, 0.15) for p in np.linspace(0.15, 1.0, 20)]
+    assert all(a >= b for a, b in zip(xs, xs[1:], strict=False))
