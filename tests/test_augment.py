@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -74,4 +76,4 @@ def test_lr_schedule_warms_up_then_anneals() -> None:
     assert lr_factor(0.15, 0.15) == pytest.approx(1.0)
     assert lr_factor(1.0, 0.15) == pytest.approx(1e-4)
     xs = [lr_factor(p, 0.15) for p in np.linspace(0.15, 1.0, 20)]
-    assert all(a >= b for a, b in zip(xs, xs[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(xs))
