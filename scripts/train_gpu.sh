@@ -28,9 +28,11 @@ PY=${PY:-python3}
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 mkdir -p "$WORK"
 
-stamp "synth $N_TRAIN train clips (seed $SEED_TRAIN) on $(nproc) cores"
-$PY -m vidtag.cli synth --split train --count "$N_TRAIN" --seed "$SEED_TRAIN" \
-    --out "$WORK/train" --quiet >/dev/null
+if [ ! -f "$WORK/train/manifest.jsonl" ]; then
+    stamp "synth $N_TRAIN train clips (seed $SEED_TRAIN) on $(nproc) cores"
+    $PY -m vidtag.cli synth --split train --count "$N_TRAIN" --seed "$SEED_TRAIN" \
+        --out "$WORK/train" --quiet >/dev/null
+fi
 
 stamp "frame cache"
 $PY -m vidtag.cli cache --manifest "$WORK/train/manifest.jsonl" --out "$WORK/cache-train" --quiet

@@ -20,9 +20,10 @@ from vidtag.train.metrics import jaccard
 
 CLIPS = 12
 SEED = 90210  # training used seed 1, the published test split seed 2
-# The bundled model scores 0.36 mean Jaccard on the 200-clip test split (README); an untrained
-# network scores about 0.2. The bar sits between them, with room for 12-clip noise.
-MIN_MEAN_JACCARD = 0.25
+# The bundled model (stb1/2) scores 0.54 mean Jaccard on the 200-clip test split and 0.63 on
+# these 12 clips; its predecessor stb1/1 scored 0.36 and 0.30, an untrained network about 0.2.
+# The bar catches a regression to stb1/1's level, with room for 12-clip noise.
+MIN_MEAN_JACCARD = 0.45
 
 
 @pytest.fixture(scope="module")

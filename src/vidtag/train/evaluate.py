@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from vidtag.runtime.tagger import Tagger
 from vidtag.train.manifest import multi_hot, read_manifest
-from vidtag.train.metrics import evaluate_predictions, jaccard
+from vidtag.train.metrics import evaluate_predictions, jaccard, per_tag
 
 
 def evaluate_artifact(
@@ -44,6 +44,7 @@ def evaluate_artifact(
         scores[r] = res.all_scores
         decode_ms.append(res.timings["decode"] * 1000)
     metrics: dict[str, Any] = evaluate_predictions(scores, pred, truth, meta.tags, meta.groups)
+    metrics["per_tag"] = per_tag(scores, pred, truth, meta.tags)
     per = jaccard(pred, truth)
     breakdown: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for j, row in zip(per, rows, strict=True):
@@ -71,6 +72,12 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append(f"  {k:<14} {m[k]:.4f}")
     for key, d in m.get("by", {}).items():
         lines.append(f"  jaccard by {key}: " + ", ".join(f"{v}={j:.3f}" for v, j in d.items()))
+    if m.get("per_tag"):
+        lines.append("  per tag (AP / F1 / support):")
+        lines += [
+            f"    {t:<11} {v['ap']:.3f} / {v['f1']:.3f} / {int(v['support'])}"
+            for t, v in m["per_tag"].items()
+        ]
     if m.get("decode_ms_median") is not None:
         lines.append(f"  decode median  {m['decode_ms_median']:.1f} ms")
     if m["failed"]:

@@ -57,6 +57,23 @@ def evaluate_predictions(
     return out
 
 
+def per_tag(
+    scores: np.ndarray, pred: np.ndarray, true: np.ndarray, tags: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """AP, F1 and support of each tag."""
+    pred, true = pred.astype(bool), true.astype(bool)
+    tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+    f1 = _f1(tp, fp, fn)
+    return {
+        t: {
+            "ap": average_precision(scores[:, c], true[:, c]),
+            "f1": float(f1[c]),
+            "support": float(true[:, c].sum()),
+        }
+        for c, t in enumerate(tags)
+    }
+
+
 def calibrate_thresholds(scores: np.ndarray, true: np.ndarray, grid: int = 37) -> np.ndarray:
     """Per-tag threshold maximising that tag's F1 on a validation set (0.5 where it has no data)."""
     cands = np.linspace(0.05, 0.95, grid)
