@@ -27,6 +27,10 @@ class PacketIndex:
     height: int
     codec: str
 
+    def packet(self, i: int) -> Any:
+        """The av.Packet at decode-order position `i` (pts/dts/time_base set, ready to decode)."""
+        return self.packets[i]
+
     @property
     def keyframes(self) -> np.ndarray:
         return np.flatnonzero(self.is_key)

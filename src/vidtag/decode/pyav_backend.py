@@ -83,7 +83,8 @@ def execute_plan(
     dec = _configure(stream, threaded=max(plan.prefixes.values()) > THREADED_PREFIX)
     for start, length in sorted(plan.prefixes.items()):
         frames: list[Any] = []
-        for pkt in index.packets[start : start + length]:
+        for i in range(start, start + length):
+            pkt = index.packet(i)
             if time.monotonic() > deadline:
                 raise LimitExceeded(f"decoding took longer than {limits.max_decode_s:.1f} s")
             try:
