@@ -47,7 +47,7 @@ class _State:
     def __init__(self, index: PacketIndex, costs: np.ndarray) -> None:
         self.costs = costs
         bounds = index.gop_bounds()
-        self.gop_of = np.empty(len(index.packets), dtype=np.int64)
+        self.gop_of = np.empty(len(index), dtype=np.int64)
         self.starts = np.array([s for s, _ in bounds], dtype=np.int64)
         for g, (s, e) in enumerate(bounds):
             self.gop_of[s:e] = g

@@ -24,9 +24,10 @@ class SamplingSpec:
     policy: Policy = "fast"
     tradeoff: float = 0.06
     budget: float = 48.0
+    threads: int = 2  # decoders working on independent GOPs at once (1: sequential)
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.height < 8 or self.width < 8:
+        if self.frames < 1 or self.height < 8 or self.width < 8 or self.threads < 1:
             raise ValueError(f"invalid sampling spec: {self}")
         if self.policy not in ("fast", "exact"):
             raise ValueError(f"unknown sampling policy {self.policy!r}")
