@@ -109,3 +109,19 @@ def test_unknown_backend() -> None:
     assert "pyav" in backends()
     with pytest.raises(ValueError, match="unknown decode backend"):
         sample_frames(b"x", backend="nope")
+
+
+def test_dense_mode_returns_consecutive_frames(h264_clip: Path) -> None:
+    clip = sample_frames(h264_clip, SamplingSpec(frames=8, mode="dense", start=1.31))
+    steps = np.diff(np.asarray(clip.timestamps))
+    np.testing.assert_allclose(steps, 1 / 25, atol=1e-6)
+    assert abs(clip.timestamps[0] - 1.32) < 0.021 and clip.mean_deviation < 0.021
+
+
+def test_segments_mode_draws_one_point_per_segment(h264_clip: Path) -> None:
+    a = SamplingSpec(frames=4, mode="segments", seed=1).targets(4.0)
+    b = SamplingSpec(frames=4, mode="segments", seed=2).targets(4.0)
+    assert a != b
+    assert all(j <= t < j + 1 for j, t in enumerate(a))
+    clip = sample_frames(h264_clip, SamplingSpec(frames=4, mode="segments", seed=1, policy="exact"))
+    assert clip.mean_deviation < 0.021

@@ -124,12 +124,18 @@ def _sample(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         policy=args.policy,
+        threads=args.threads,
+        mode=args.mode,
+        seed=args.seed,
+        start=args.start,
         **({"budget": args.budget} if args.budget else {}),
     )
-    clip = sample_frames(Path(args.path), spec)
+    clip = sample_frames(Path(args.path), spec, backend=args.backend)
     report: dict[str, Any] = {
         "path": args.path,
         "policy": spec.policy,
+        "mode": spec.mode,
+        "backend": args.backend,
         "targets_s": [round(t, 3) for t in clip.targets],
         "timestamps_s": [round(t, 3) for t in clip.timestamps],
         "frames_decoded": clip.frames_decoded,
@@ -244,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--policy", choices=["fast", "exact"], default="fast")
-    p.add_argument("--budget", type=float)
+    p.add_argument("--budget", type=float, help="decode cost cap in keyframe units")
+    p.add_argument("--mode", choices=["uniform", "segments", "dense"], default="uniform")
+    p.add_argument("--seed", type=int, default=0, help="segments mode: random offsets")
+    p.add_argument("--start", type=float, help="dense mode: first frame (s)")
+    p.add_argument("--threads", type=int, default=2, help="decoders on independent GOPs")
+    p.add_argument("--backend", default="pyav", help="decode backend (pyav, opencv, nvdec)")
     p.add_argument("--json", action="store_true")
     handlers["sample"] = _sample
 

@@ -69,11 +69,13 @@ class _State:
 
 def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     """Keyframes nearest the targets first, then the extensions worth their cost, then fill."""
-    targets = np.asarray(spec.targets(index.duration), dtype=np.float64)
+    targets = np.asarray(spec.targets(index.duration, index.fps), dtype=np.float64)
     pts = index.pts_s
     costs = packet_costs(index)
     st = _State(index, costs)
 
+    if spec.mode == "dense":
+        return _plan_dense(index, st, targets, spec.frames)
     keys = index.keyframes
     for t in targets:
         k = int(keys[np.argmin(np.abs(pts[keys] - t))])
@@ -144,3 +146,24 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     return Plan(
         prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(chosen), cost=spent
     )
+
+
+def _plan_dense(index: PacketIndex, st: _State, targets: np.ndarray, n: int) -> Plan:
+    """`n` consecutive usable frames in presentation order, starting nearest targets[0]."""
+    usable = np.flatnonzero(st.usable)
+    order = usable[np.argsort(index.pts_s[usable], kind="stable")]
+    k = int(np.argmin(np.abs(index.pts_s[order] - targets[0])))
+    k = max(0, min(k, len(order) - n))
+    picked = order[k : k + n].tolist()
+    picked += picked[-1:] * (n - len(picked))  # a clip shorter than n frames repeats its last
+    for i in picked:
+        g = int(st.gop_of[i])
+        st.prefix[g] = max(st.prefix[g], i - int(st.starts[g]) + 1)
+    cost = float(
+        sum(
+            st.costs[int(s) : int(s) + int(p)].sum()
+            for s, p in zip(st.starts, st.prefix, strict=True)
+        )
+    )
+    prefixes = {int(s): int(p) for s, p in zip(st.starts, st.prefix, strict=True) if p > 0}
+    return Plan(prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(picked), cost=cost)

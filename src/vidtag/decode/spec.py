@@ -5,12 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 Policy = Literal["fast", "exact"]
+Mode = Literal["uniform", "segments", "dense"]
 
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """Uniform temporal sampling of `frames` frames resized to `height` x `width` RGB.
+    """Temporal sampling of `frames` frames resized to `height` x `width` RGB.
+
+    `mode="uniform"` targets the centres of `frames` equal segments (serving); `"segments"`
+    a random point in each segment, drawn from `seed` (TSN/ECO training); `"dense"` `frames`
+    consecutive frames from `start` seconds (default: centred), always decoded exactly
+    (3D-CNN training clips).
 
     `policy="fast"` trades temporal accuracy for decode cost: a frame is decoded only if the
     reduction in deviation from the targets (as a fraction of the clip's duration) is worth at
@@ -25,13 +33,28 @@ class SamplingSpec:
     tradeoff: float = 0.06
     budget: float = 48.0
     threads: int = 2  # decoders working on independent GOPs at once (1: sequential)
+    mode: Mode = "uniform"
+    seed: int = 0
+    start: float | None = None
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.height < 8 or self.width < 8 or self.threads < 1:
             raise ValueError(f"invalid sampling spec: {self}")
         if self.policy not in ("fast", "exact"):
             raise ValueError(f"unknown sampling policy {self.policy!r}")
+        if self.mode not in ("uniform", "segments", "dense"):
+            raise ValueError(f"unknown sampling mode {self.mode!r}")
 
-    def targets(self, duration: float) -> list[float]:
-        """Centres of `frames` equal segments of [0, duration)."""
-        return [(j + 0.5) * duration / self.frames for j in range(self.frames)]
+    def targets(self, duration: float, fps: float = 30.0) -> list[float]:
+        """Seconds to sample in [0, duration)."""
+        n = self.frames
+        if self.mode == "segments":
+            offsets = np.random.default_rng(self.seed).random(n)
+            return [(j + float(offsets[j])) * duration / n for j in range(n)]
+        if self.mode == "dense":
+            step = 1.0 / max(fps, 1e-6)
+            span = (n - 1) * step
+            first = self.start if self.start is not None else (duration - span) / 2
+            first = min(max(first, 0.0), max(duration - span - step / 2, 0.0))
+            return [first + j * step for j in range(n)]
+        return [(j + 0.5) * duration / n for j in range(n)]
