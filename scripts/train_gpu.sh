@@ -8,7 +8,8 @@
 # Knobs (environment): N_TRAIN SEED_TRAIN BUDGET ARCHS BATCH LR DEVICE WORK RESULTS, and END_BY:
 # seconds from the start by which everything must be packed (training gets what is left of it
 # after synthesis and caching, less RESERVE for export), for a command with a hard time limit.
-# The packed results unpack into $WORK/models/stb1-<arch>/1 plus run histories and logs.
+# The packed results unpack into $WORK/models/<NAME or stb1-<arch>>/<VERSION> plus run histories
+# and logs (NAME only with a single architecture).
 set -euo pipefail
 
 N_TRAIN=${N_TRAIN:-2400}
@@ -16,6 +17,8 @@ SEED_TRAIN=${SEED_TRAIN:-1}
 BUDGET=${BUDGET:-240}
 END_BY=${END_BY:-0}
 RESERVE=${RESERVE:-60}
+NAME=${NAME:-}
+VERSION=${VERSION:-1}
 ARCHS=${ARCHS:-"x2plus1d_s x2plus1d_d x2plus1d_m"}
 BATCH=${BATCH:-16}
 LR=${LR:-0.002}
@@ -61,7 +64,7 @@ for arch in $ARCHS; do
     tail -n 1 "$run/train.log" || true
     if [ -f "$run/best.pt" ]; then
         $PY -m vidtag.cli export --checkpoint "$run/best.pt" --out "$WORK/models" \
-            --name "stb1-$arch" --version 1 >>"$run/train.log" 2>&1 || status=1
+            --name "${NAME:-stb1-$arch}" --version "$VERSION" >>"$run/train.log" 2>&1 || status=1
     fi
 done
 
