@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+BENCH_STAMP = $(VENV)/.bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTO   = proto/vidtag/v1/tagger.proto
 STUBS   = src/vidtag/v1/tagger_pb2.py
 PORT   ?= 50051
@@ -15,8 +16,10 @@ N_TEST     ?= 200
 WORK       ?= build/stb1
 MODEL_VERSION ?= $(shell ls $(MODELS)/stb1 2>/dev/null | sort -n | tail -1 | awk '{print $$1 + 1}')
 GPU_BUDGET ?= 300
+# Extra arguments for benchmarks/decode.py, e.g. BENCH_ARGS=--quick or BENCH_ARGS="--full --repeat 3".
+BENCH_ARGS ?=
 
-.PHONY: install proto serve test test-slow lint typecheck model model-gpu eval-default clean
+.PHONY: install proto serve test test-slow lint typecheck model model-gpu eval-default bench-decode clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +65,15 @@ model: install
 eval-default: install
 	test -f $(WORK)/test/manifest.jsonl || $(VENV)/bin/vidtag synth --split test --count $(N_TEST) --seed $(SEED_TEST) --out $(WORK)/test
 	$(VENV)/bin/vidtag eval --models $(MODELS) --manifest $(WORK)/test/manifest.jsonl
+
+# Decode benchmark: sample_frames (fast, exact) against OpenCV / PyAV (/ torchcodec if it imports)
+# on a clip corpus encoded once into build/bench-decode/corpus; JSON in build/bench-decode.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	touch $@
+
+bench-decode: install $(BENCH_STAMP)
+	$(PY) benchmarks/decode.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/vidtag/v1/*_pb2*.py src/vidtag/v1/*_pb2*.pyi
