@@ -69,7 +69,7 @@ eval-default: install
 # Decode benchmark: sample_frames (fast, exact) against OpenCV / PyAV (/ torchcodec if it imports)
 # on a clip corpus encoded once into build/bench-decode/corpus; JSON in build/bench-decode.
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -e ".[opencv]"
 	touch $@
 
 bench-decode: install $(BENCH_STAMP)

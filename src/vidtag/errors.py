@@ -15,5 +15,10 @@ class LimitExceeded(InvalidVideo):
     """The input breaks a configured limit: bytes, duration, pixels, frames or time."""
 
 
+class BackendUnavailable(VidtagError):
+    """A decode backend's optional package or device is missing here (maps to
+    FAILED_PRECONDITION: the request is fine, this server cannot serve it)."""
+
+
 class ModelError(VidtagError):
     """A model artifact is missing, malformed or fails its checks."""

@@ -11,7 +11,7 @@ from typing import Final, NoReturn
 
 import grpc
 
-from vidtag.errors import InvalidVideo, LimitExceeded, ModelError
+from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ STATUS_TABLE: Final[tuple[tuple[type[BaseException], grpc.StatusCode], ...]] = (
     (LimitExceeded, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidVideo, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelError, grpc.StatusCode.NOT_FOUND),
+    (BackendUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 INTERNAL_MESSAGE: Final = "internal error; see the server log"

@@ -1,0 +1,858 @@
+"""NVDEC backend: the `pyav` backend's index and plan, decoded on the GPU with PyNvVideoCodec.
+
+CPU side (no GPU needed): PyAV opens the container, `build_index` and `plan_frames` choose the
+packets exactly as in the `pyav` backend, and `planned_access_units` turns each planned GOP prefix
+into the elementary stream NVDEC parses: Annex B (start codes, parameter sets in front of the
+keyframe) for H.264/HEVC, packets as they are for VP9/AV1.
+
+GPU side: `NvdecDecoderPool` keeps one NVDEC session per (thread, codec, bit depth) and
+reconfigures it for each clip's size instead of creating a session per clip (session creation
+costs ~280 ms). Each GOP's units are fed, then an empty packet flushes it. Only the chosen frames
+are touched: NV12 is area-resized, converted to RGB and rotated in torch on the session's CUDA
+stream, the stream the decoder writes on. `sample_nvdec_cuda` returns a (T, 3, H, W) tensor on
+the GPU; `sample_nvdec` (the registered backend) copies it to a (T, H, W, 3) uint8 numpy array.
+
+Needs the optional packages PyNvVideoCodec and torch, and a CUDA device; a missing one raises
+BackendUnavailable when the backend is called, never at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import av
+import av.bitstream
+import numpy as np
+
+from vidtag.decode.index import PacketIndex, build_index
+from vidtag.decode.limits import DecodeLimits
+from vidtag.decode.planner import Plan, plan_frames
+from vidtag.decode.pyav_backend import open_container
+from vidtag.decode.result import DecodedClip
+from vidtag.decode.source import Source
+from vidtag.decode.spec import SamplingSpec
+from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
+
+NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "vp9": "VP9", "av1": "AV1"}
+_ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+_PARAMETER_SETS = {"h264": frozenset({7, 8}), "hevc": frozenset({32, 33, 34})}  # (VPS,) SPS, PPS
+# 4:2:0 formats NVDEC returns as NV12 (8 bit) or P016 (10/12 bit, MSB-aligned), by bit depth.
+_420_FORMATS = {
+    "yuv420p": 8,
+    "yuvj420p": 8,
+    "nv12": 8,
+    "yuv420p10le": 10,
+    "p010le": 10,
+    "yuv420p12le": 12,
+}
+# Kr, Kb of the YUV -> RGB matrix by AVColorSpace value; anything else gets BT.601 (what
+# swscale, and so the `pyav` backend, assumes for untagged video).
+_KR_KB = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+_BT601 = (0.299, 0.114)
+MAX_MOOV = 64 * 1024 * 1024
+Reader = Callable[[int, int], bytes]  # (offset, size) -> bytes, as Source.read
+DEFAULT_MAX_SIZE = 1920  # sessions cover 1920x1920 coded frames (landscape and portrait 1080p)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU side: elementary stream
+
+
+class AccessUnit(NamedTuple):
+    """One packet as NVDEC is fed it."""
+
+    data: bytes
+    pts_s: float  # presentation time on the index's timeline
+    is_key: bool
+    packet: int  # decode-order index in the PacketIndex (passed to NVDEC as its timestamp)
+
+
+@dataclass(frozen=True)
+class GopUnits:
+    """The planned prefix of one GOP, in decode order, starting at its keyframe."""
+
+    start: int
+    units: tuple[AccessUnit, ...]
+    corrupt: int = 0  # packets the bitstream filter rejected (left out of `units`)
+
+
+def stream_codec(stream: Any) -> str:
+    """The codec's canonical FFmpeg name ("av1", where the CPU decoder may be "libdav1d")."""
+    return str(stream.codec_context.codec.canonical_name)
+
+
+def nvdec_codec(codec: str) -> str:
+    """The PyNvVideoCodec `cudaVideoCodec` member name for a PyAV codec name."""
+    try:
+        return NVDEC_CODECS[codec]
+    except KeyError:
+        raise InvalidVideo(f"codec {codec} not supported by NVDEC") from None
+
+
+def _start_code_split(data: bytes) -> Iterator[bytes]:
+    """NAL unit payloads of an Annex B buffer (3- and 4-byte start codes)."""
+    starts: list[int] = []
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        starts.append(i + 3)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    for k, s in enumerate(starts):
+        if k + 1 < len(starts):  # a 4-byte start code leaves a zero byte behind the NAL
+            yield data[s : starts[k + 1] - 3].rstrip(b"\x00")
+        else:
+            yield data[s:]
+
+
+def _nal_type(codec: str, nal: bytes) -> int:
+    return nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F  # H.264 / HEVC header
+
+
+def nal_types(codec: str, data: bytes) -> list[int]:
+    """NAL unit types, in order, of an Annex B H.264 or HEVC access unit."""
+    if codec not in _PARAMETER_SETS:
+        raise ValueError(f"no NAL units in {codec}")
+    return [_nal_type(codec, nal) for nal in _start_code_split(data) if nal]
+
+
+def _length_prefixed(buf: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
+    out: list[bytes] = []
+    for _ in range(count):
+        if pos + 2 > len(buf):
+            break
+        (n,) = struct.unpack_from(">H", buf, pos)
+        out.append(buf[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return out, pos
+
+
+def parameter_sets(codec: str, extradata: bytes | None) -> bytes:
+    """The stream's parameter sets as Annex B: from avcC/hvcC, or picked out of extradata that
+    is already Annex B; b"" for other codecs or without extradata."""
+    if codec not in _PARAMETER_SETS or not extradata:
+        return b""
+    ed = bytes(extradata)
+    nals: list[bytes]
+    if ed.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        nals = list(_start_code_split(ed))
+    elif codec == "h264" and len(ed) >= 7 and ed[0] == 1:
+        sps, pos = _length_prefixed(ed, 6, ed[5] & 0x1F)
+        pps, _ = _length_prefixed(ed, pos + 1, ed[pos] if pos < len(ed) else 0)
+        nals = sps + pps
+    elif codec == "hevc" and len(ed) >= 23 and ed[0] == 1:
+        nals, pos = [], 23
+        for _ in range(ed[22]):
+            if pos + 3 > len(ed):
+                break
+            (count,) = struct.unpack_from(">H", ed, pos + 1)
+            units, pos = _length_prefixed(ed, pos + 3, count)
+            nals += units
+    else:
+        return b""
+    keep = _PARAMETER_SETS[codec]
+    return b"".join(
+        b"\x00\x00\x00\x01" + n
+        for n in nals
+        if n and nal_types(codec, b"\x00\x00\x01" + n)[0] in keep
+    )
+
+
+def _leb128(buf: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for k in range(8):
+        if pos + k >= len(buf):
+            break
+        b = buf[pos + k]
+        value |= (b & 0x7F) << (7 * k)
+        if not b & 0x80:
+            return value, k + 1
+    return value, 8
+
+
+def av1_obu_types(data: bytes) -> list[int]:
+    """OBU types of an AV1 temporal unit in low-overhead (size-field) format."""
+    types: list[int] = []
+    pos = 0
+    while pos < len(data):
+        header = data[pos]
+        types.append((header >> 3) & 0xF)
+        pos += 1 + ((header >> 2) & 1)
+        if not (header >> 1) & 1:  # no size field: the OBU runs to the end
+            break
+        size, n = _leb128(data, pos)
+        pos += n + size
+    return types
+
+
+def _copy_packet(pkt: Any, is_key: bool) -> Any:
+    """A new packet with `pkt`'s bytes and timing: bitstream filters take the packet they are
+    given (PyAV leaves it empty), and the index keeps its own."""
+    copy = av.Packet(bytes(pkt))
+    copy.pts, copy.dts, copy.time_base = pkt.pts, pkt.dts, pkt.time_base
+    copy.is_keyframe = is_key
+    return copy
+
+
+def planned_access_units(index: PacketIndex, plan: Plan, stream: Any) -> list[GopUnits]:
+    """The planned prefix of each GOP as NVDEC input, GOPs in decode order.
+
+    H.264/HEVC go through FFmpeg's `*_mp4toannexb` filter (a no-op on Annex B input); the first
+    unit of a GOP that still lacks parameter sets (a non-IDR keyframe) gets them from the
+    extradata. An AV1 keyframe without a sequence header gets the av1C config OBUs. VP9 and AV1
+    packets are otherwise passed through; NVDEC's parser splits VP9 superframes itself.
+    """
+    codec = stream_codec(stream)
+    nvdec_codec(codec)
+    extradata = bytes(stream.codec_context.extradata or b"")
+    bsf = (
+        av.bitstream.BitStreamFilterContext(_ANNEXB_FILTERS[codec], stream)
+        if codec in _ANNEXB_FILTERS
+        else None
+    )
+    headers = parameter_sets(codec, extradata)
+    if codec == "av1" and len(extradata) > 4 and extradata[0] & 0x80:
+        headers = extradata[4:]  # av1C: 4 bytes of fields, then configOBUs
+    gops: list[GopUnits] = []
+    for start, length in sorted(plan.prefixes.items()):
+        if bsf is not None:
+            bsf.flush()  # a GOP prefix starts a new run of packets, like a seek
+        units: list[AccessUnit] = []
+        corrupt = 0
+        for i in range(start, start + length):
+            pkt = index.packet(i)
+            is_key = bool(index.is_key[i])
+            if bsf is None:
+                data = bytes(pkt)
+            else:
+                try:
+                    data = b"".join(bytes(p) for p in bsf.filter(_copy_packet(pkt, is_key)))
+                except av.error.FFmpegError:
+                    corrupt += 1
+                    continue
+            if data:
+                units.append(AccessUnit(data, float(index.pts_s[i]), is_key, i))
+        if units and headers:
+            first = units[0]
+            if codec in _PARAMETER_SETS:
+                missing = not _PARAMETER_SETS[codec] <= set(nal_types(codec, first.data))
+            else:
+                missing = 1 not in av1_obu_types(first.data)  # OBU_SEQUENCE_HEADER
+            if missing:
+                units[0] = first._replace(data=headers + first.data)
+        gops.append(GopUnits(start, tuple(units), corrupt))
+    return gops
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU side: display rotation and colour
+
+
+def _boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the ISO-BMFF boxes in buf[start:end]."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", buf, pos)
+        head = 8
+        if size == 1 and pos + 16 <= end:
+            (size,) = struct.unpack_from(">Q", buf, pos + 8)
+            head = 16
+        elif size == 0:
+            size = end - pos
+        if size < head or pos + size > end:
+            return
+        yield kind, pos + head, pos + size
+        pos += size
+
+
+def _read_moov(read: Reader, total: int) -> bytes | None:
+    """The payload of the top-level moov box, walking the top-level box headers only."""
+    pos = 0
+    while pos + 8 <= total:
+        head = read(pos, 16)
+        if len(head) < 8:
+            return None
+        size, kind = struct.unpack_from(">I4s", head)
+        skip = 8
+        if size == 1 and len(head) == 16:
+            (size,) = struct.unpack_from(">Q", head, 8)
+            skip = 16
+        elif size == 0:
+            size = total - pos
+        if size < skip:
+            return None
+        if kind == b"moov":
+            return read(pos + skip, min(size, MAX_MOOV) - skip)
+        pos += size
+    return None
+
+
+def isobmff_rotation(read: Reader, total: int, track: int) -> int | None:
+    """Counter-clockwise display rotation (0/90/180/270, PyAV's `frame.rotation` convention) of
+    the video track from the `tkhd` matrix of an MP4/MOV; None if there is no such track.
+
+    `track` is the stream index (FFmpeg's mov demuxer makes one stream per `trak`, in order).
+    Flips and the `mvhd` matrix are ignored, as the `pyav` backend ignores them.
+    """
+    moov = _read_moov(read, total)
+    if moov is None:
+        return None
+    tracks: list[tuple[bytes, float]] = []
+    for kind, s, e in _boxes(moov, 0, len(moov)):
+        if kind != b"trak":
+            continue
+        handler, angle = b"", 0.0
+        for sub, ss, se in _boxes(moov, s, e):
+            if sub == b"tkhd" and se - ss >= 84:
+                m = ss + 4 + (32 if moov[ss] == 1 else 20) + 16  # version 1 has 64-bit times
+                a, b = struct.unpack_from(">ii", moov, m)
+                # FFmpeg's av_display_rotation_get: -atan2(b, a), what PyAV reports.
+                angle = -math.degrees(math.atan2(b, a)) if a or b else 0.0
+            elif sub == b"mdia":
+                for leaf, ls, le in _boxes(moov, ss, se):
+                    if leaf == b"hdlr" and le - ls >= 12:
+                        handler = moov[ls + 8 : ls + 12]
+        tracks.append((handler, angle))
+    video = [t for t in tracks if t[0] == b"vide"]
+    if not video:
+        return None
+    _, angle = tracks[track] if track < len(tracks) and tracks[track][0] == b"vide" else video[0]
+    return round(angle / 90.0) * 90 % 360
+
+
+def _decoded_rotation(stream: Any, index: PacketIndex) -> int:
+    """Rotation from one CPU-decoded keyframe: PyAV exposes the display matrix on frames only."""
+    cc = stream.codec_context
+    try:
+        frames = list(cc.decode(index.packet(int(index.keyframes[0]))))
+        frames += cc.decode(None)
+    except av.error.FFmpegError:
+        return 0
+    finally:
+        cc.flush_buffers()
+    return int(getattr(frames[0], "rotation", 0) or 0) % 360 if frames else 0
+
+
+def display_rotation(src: Source, container: Any, stream: Any, index: PacketIndex) -> int:
+    """The clip's counter-clockwise display rotation. MP4/MOV: read from the `tkhd` box, no
+    decoding. Other containers: one keyframe is decoded on the CPU to read it."""
+    name = str(container.format.name)
+    if "mp4" in name or "mov" in name:
+        try:
+            found = isobmff_rotation(src.read, src.size, int(stream.index))
+        except (OSError, struct.error, IndexError):
+            found = None
+        if found is not None:
+            return found
+    return _decoded_rotation(stream, index)
+
+
+def yuv_to_rgb_matrix(colorspace: int, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(M, offset) with RGB = M @ (Y, U, V) + offset, all on the 0..255 scale.
+
+    BT.709 and BT.2020 by their AVColorSpace tags, BT.601 otherwise; limited ("MPEG") range
+    unless `full_range`.
+    """
+    kr, kb = _KR_KB.get(int(colorspace), _BT601)
+    kg = 1.0 - kr - kb
+    ys, cs, y0 = (1 / 255, 1 / 255, 0.0) if full_range else (1 / 219, 1 / 224, 16.0)
+    m = 255.0 * np.array(
+        [
+            [ys, 0.0, 2 * (1 - kr) * cs],
+            [ys, -2 * kb * (1 - kb) / kg * cs, -2 * kr * (1 - kr) / kg * cs],
+            [ys, 2 * (1 - kb) * cs, 0.0],
+        ]
+    )
+    offset = -m @ np.array([y0, 128.0, 128.0])
+    return m.astype(np.float32), offset.astype(np.float32)
+
+
+def area_weights(extent: int, samples: int, out: int, step: int = 1) -> np.ndarray:
+    """(out, samples) box-filter weights resizing `samples` samples, each covering `step` units
+    of [0, extent), to `out` samples: the exact-area resampling of cv2.INTER_AREA. With step 2 it
+    resamples a half-resolution chroma plane as if it had been upsampled by repetition first."""
+    lo = np.arange(samples, dtype=np.float64) * step
+    hi = np.minimum(lo + step, extent)
+    scale = extent / out
+    dst_lo = np.arange(out, dtype=np.float64)[:, None] * scale
+    overlap = np.minimum(hi[None, :], dst_lo + scale) - np.maximum(lo[None, :], dst_lo)
+    return (np.clip(overlap, 0.0, None) / scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Nv12ToRgb:
+    """NV12 (uint8) or P016 (uint16, MSB-aligned) surfaces of one clip, (height * 3/2, width)
+    as NVDEC exports them, to (3, H, W) float32 RGB in [0, 255] on the surface's device.
+
+    Luma and chroma are box-resized separately to the pre-rotation size (two matmuls per plane,
+    weights from `area_weights`) and converted to RGB at that size (the conversion is affine,
+    so it commutes with averaging, up to clamping), then turned counter-clockwise by
+    `rotation` degrees. Build one per clip with `build`.
+    """
+
+    height: int
+    width: int
+    rows: Any  # (h, height) luma weights
+    cols: Any  # (w, width)
+    chroma_rows: Any  # (h, ceil(height / 2))
+    chroma_cols: Any  # (w, ceil(width / 2))
+    matrix: Any  # (3, 3) YUV -> RGB
+    offset: Any  # (3,)
+    rotation: int
+
+    @classmethod
+    def build(
+        cls,
+        height: int,
+        width: int,
+        out: tuple[int, int],
+        rotation: int,
+        colorspace: int,
+        full_range: bool,
+        device: Any,
+    ) -> Nv12ToRgb:
+        """`out` is the (height, width) wanted after rotation."""
+        import torch
+
+        h, w = (out[1], out[0]) if rotation in (90, 270) else out  # resize before turning
+        ch, cw = (height + 1) // 2, (width + 1) // 2
+        m, off = yuv_to_rgb_matrix(colorspace, full_range)
+
+        def t(a: np.ndarray) -> Any:
+            return torch.from_numpy(a).to(device)
+
+        return cls(
+            height=height,
+            width=width,
+            rows=t(area_weights(height, height, h)),
+            cols=t(area_weights(width, width, w)),
+            chroma_rows=t(area_weights(height, ch, h, 2)),
+            chroma_cols=t(area_weights(width, cw, w, 2)),
+            matrix=t(m),
+            offset=t(off),
+            rotation=rotation % 360,
+        )
+
+    def __call__(self, surface: Any) -> Any:
+        import torch
+
+        x = surface.to(torch.float32)
+        if surface.dtype != torch.uint8:
+            x = x * (1.0 / 256.0)  # P016: 10/12-bit samples in the high bits of 16
+        ch, cw = self.chroma_rows.shape[1], self.chroma_cols.shape[1]
+        y = x[: self.height, : self.width]
+        uv = x[self.height : self.height + ch, : 2 * cw]
+        if uv.shape[0] < ch:  # odd heights: the exported view may stop a chroma row short
+            uv = torch.cat([uv, uv[-1:].expand(ch - uv.shape[0], -1)], dim=0)
+        uv = uv.reshape(ch, cw, 2).permute(2, 0, 1)  # (2, ch, cw): U, V planes
+        y_small = self.rows @ (y @ self.cols.T)
+        uv_small = self.chroma_rows @ (uv @ self.chroma_cols.T)
+        yuv = torch.cat([y_small[None], uv_small], dim=0)
+        rgb = torch.einsum("ij,jhw->ihw", self.matrix, yuv) + self.offset[:, None, None]
+        rgb = rgb.clamp_(0.0, 255.0)
+        k = self.rotation // 90
+        return torch.rot90(rgb, k=k, dims=(1, 2)) if k else rgb
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU side: sessions
+
+
+def _import_nvc() -> Any:
+    try:
+        import PyNvVideoCodec
+    except Exception as exc:  # ImportError, or RuntimeError from its driver check
+        raise BackendUnavailable(
+            f"decode backend 'nvdec' needs the PyNvVideoCodec package and an NVIDIA driver "
+            f"with NVDEC (pip install 'vidtag[nvdec]'): {exc}"
+        ) from exc
+    return PyNvVideoCodec
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "decode backend 'nvdec' needs torch (pip install 'vidtag[nvdec]')"
+        ) from exc
+    return torch
+
+
+def _align(n: int, a: int = 32) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class _Session:
+    decoder: Any
+    bits: int
+    stream: Any  # torch.cuda.Stream the decoder writes on, None on the CPU (tests)
+    max_size: tuple[int, int]  # (width, height) the session was created for
+    size: tuple[int, int] | None = None  # (width, height) of the last clip
+
+
+class _SurfaceView:
+    """`__cuda_array_interface__` of a P016 surface (PyNvVideoCodec 2.x exports 16-bit
+    surfaces through DLPack with element strides of (width, 2), which is wrong)."""
+
+    def __init__(self, ptr: int, width: int, height: int) -> None:
+        rows = height + (height + 1) // 2
+        self.__cuda_array_interface__ = {
+            "version": 3,
+            "shape": (rows, width),
+            "typestr": "<u2",
+            "strides": (2 * width, 2),
+            "data": (int(ptr), False),
+            "stream": None,  # written on the stream we read on: nothing to wait for
+        }
+
+
+FrameSink = Callable[[int, Any], None]  # (packet index, surface tensor valid until next Decode)
+
+
+@dataclass
+class NvdecDecoderPool:
+    """NVDEC sessions, one per (thread, codec, bit depth), created once and reused.
+
+    A clip of another size reconfigures the session (`setReconfigParams`, applied by NVDEC at
+    the next sequence header); only a clip larger than the session's maximum coded size creates
+    a new one. Each thread gets its own CUDA stream: the decoder writes its output surfaces on
+    it and the caller's torch work runs on it, so a surface is consumed before NVDEC reuses it.
+    `module` replaces PyNvVideoCodec (tests) and `device` the CUDA device.
+    """
+
+    gpu_id: int = 0
+    max_width: int = DEFAULT_MAX_SIZE
+    max_height: int = DEFAULT_MAX_SIZE
+    module: Any = None
+    device: str | None = None
+    created: int = 0  # sessions created so far
+    reconfigured: int = 0  # size changes handled by reconfiguring
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def nvc(self) -> Any:
+        if self.module is None:
+            self.module = _import_nvc()
+        return self.module
+
+    @property
+    def torch_device(self) -> str:
+        return self.device or f"cuda:{self.gpu_id}"
+
+    def _sessions(self) -> dict[tuple[str, int], _Session]:
+        sessions: dict[tuple[str, int], _Session] | None = getattr(self._local, "sessions", None)
+        if sessions is None:
+            sessions = self._local.sessions = {}
+        return sessions
+
+    def session(self, codec: str, bits: int, width: int, height: int) -> _Session:
+        """This thread's session for (codec, bits), ready for a clip of `width` x `height`."""
+        nvc = self.nvc()
+        sessions = self._sessions()
+        need = (_align(width, 16), _align(height, 16))  # coded size, macroblock/CTB-aligned
+        s = sessions.get((codec, bits))
+        if s is not None and need[0] <= s.max_size[0] and need[1] <= s.max_size[1]:
+            if s.size is not None and s.size != (width, height):
+                s.decoder.setReconfigParams(width, height)
+                with self._lock:
+                    self.reconfigured += 1
+            s.size = (width, height)
+            return s
+        max_size = (
+            _align(max(self.max_width, need[0], s.max_size[0] if s else 0)),
+            _align(max(self.max_height, need[1], s.max_size[1] if s else 0)),
+        )
+        stream = None
+        handle = 0
+        if self.torch_device.startswith("cuda"):
+            torch = _import_torch()
+            stream = torch.cuda.Stream(device=self.torch_device)
+            handle = int(stream.cuda_stream)
+        decoder = nvc.CreateDecoder(
+            gpuid=self.gpu_id,
+            codec=getattr(nvc.cudaVideoCodec, NVDEC_CODECS[codec]),
+            cudacontext=0,  # the device's primary context, the one torch uses
+            cudastream=handle,
+            usedevicememory=True,
+            maxwidth=max_size[0],
+            maxheight=max_size[1],
+            outputColorType=nvc.OutputColorType.NATIVE,
+            latency=nvc.DisplayDecodeLatencyType.NATIVE,
+        )
+        with self._lock:
+            self.created += 1
+        s = _Session(decoder, bits, stream, max_size, (width, height))
+        sessions[(codec, bits)] = s
+        return s
+
+    def drop(self, codec: str, bits: int) -> None:
+        """Forget this thread's session for (codec, bits); the next clip creates a new one."""
+        self._sessions().pop((codec, bits), None)
+
+    def decode(
+        self,
+        codec: str,
+        bits: int,
+        size: tuple[int, int],
+        gops: list[GopUnits],
+        wanted: set[int],
+        sink: FrameSink,
+        limit_s: float,
+    ) -> tuple[int, _Session]:
+        """Feed every GOP, flushing after each, with the session's stream current. `sink` gets
+        the surface of each output frame whose packet is in `wanted`, as a torch tensor that is
+        valid only until the next Decode call (NVDEC reuses the surface). `size` is the clip's
+        (width, height). Returns (frames output, session).
+
+        A decoder error drops the session and retries the clip once on a fresh one (a failed
+        reconfigure leaves a session unusable); a second failure raises InvalidVideo.
+        """
+        deadline = time.monotonic() + limit_s
+        for attempt in range(2):
+            s = self.session(codec, bits, *size)
+            try:
+                with self._on_stream(s):
+                    return self._feed(s, gops, wanted, sink, deadline, limit_s), s
+            except (LimitExceeded, BackendUnavailable):
+                raise
+            except Exception as exc:  # PyNvVCException and friends
+                self.drop(codec, bits)
+                if attempt:
+                    raise InvalidVideo(f"NVDEC could not decode the video: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _on_stream(self, s: _Session) -> Iterator[None]:
+        if s.stream is None:
+            yield
+            return
+        torch = _import_torch()
+        # Work the caller queued on its stream (e.g. uploads) comes first.
+        s.stream.wait_stream(torch.cuda.current_stream(self.torch_device))
+        with torch.cuda.stream(s.stream):
+            yield
+
+    def _feed(
+        self,
+        s: _Session,
+        gops: list[GopUnits],
+        wanted: set[int],
+        sink: FrameSink,
+        deadline: float,
+        limit_s: float,
+    ) -> int:
+        nvc = self.nvc()
+        out = 0
+
+        def take(frames: list[Any]) -> None:
+            for frame in frames:
+                i = int(frame.timestamp)
+                if i in wanted:
+                    sink(i, self._surface(s, frame))
+
+        for gop in gops:
+            for unit in gop.units:
+                if time.monotonic() > deadline:
+                    s.decoder.Decode(nvc.PacketData())  # drain: the next clip starts clean
+                    raise LimitExceeded(f"decoding took longer than {limit_s:.1f} s")
+                buf = np.frombuffer(unit.data, dtype=np.uint8)
+                pkt = nvc.PacketData()
+                pkt.bsl_data = int(buf.ctypes.data)  # read during Decode; `buf` outlives it
+                pkt.bsl = int(buf.size)
+                pkt.pts = unit.packet  # NVDEC hands it back on the frame this packet carries
+                frames = s.decoder.Decode(pkt)
+                out += len(frames)
+                take(frames)
+            end = nvc.PacketData()  # empty packet: end of stream, flushes the reorder queue
+            end.bsl, end.bsl_data = 0, 0
+            frames = s.decoder.Decode(end)
+            out += len(frames)
+            take(frames)
+        return out
+
+    def _surface(self, s: _Session, frame: Any) -> Any:
+        """The frame's NV12 / P016 surface as a (H * 3/2, W) torch tensor, no copy."""
+        torch = _import_torch()
+        if s.bits == 8:
+            return torch.from_dlpack(frame)
+        view = _SurfaceView(frame.GetPtrToPlane(0), s.decoder.GetWidth(), s.decoder.GetHeight())
+        return torch.as_tensor(view, device=self.torch_device)
+
+
+_POOL: NvdecDecoderPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def default_pool() -> NvdecDecoderPool:
+    """The process-wide pool `sample_nvdec` uses (GPU 0)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = NvdecDecoderPool()
+        return _POOL
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+@dataclass(frozen=True)
+class GpuClip:
+    """`DecodedClip` with the frames left on the GPU: (T, 3, H, W) torch tensor, uint8 RGB (or
+    float32 in [0, 1]), display orientation."""
+
+    frames: Any
+    timestamps: tuple[float, ...]
+    targets: tuple[float, ...]
+    frames_decoded: int
+    packets_planned: int
+    corrupt_packets: int
+    mean_deviation: float
+    width: int
+    height: int
+    duration: float
+    fps: float
+    codec: str
+    rotation: int
+    keyframes: int
+    seconds: float
+
+    def to_host(self) -> DecodedClip:
+        """Copy to a `DecodedClip`: (T, H, W, 3) uint8 numpy frames."""
+        import torch
+
+        x = self.frames
+        if x.dtype != torch.uint8:
+            x = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        frames = x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        meta = {f.name: getattr(self, f.name) for f in fields(DecodedClip) if f.name != "frames"}
+        return DecodedClip(frames=frames, **meta)
+
+
+def _bit_depth(stream: Any, codec: str) -> int:
+    fmt = stream.codec_context.format
+    name = fmt.name if fmt is not None else "yuv420p"
+    bits = _420_FORMATS.get(name)
+    if bits is None:
+        raise InvalidVideo(f"pixel format {name} not supported by the nvdec backend (4:2:0 only)")
+    if bits > 8 and codec == "h264":
+        raise InvalidVideo(f"{bits}-bit H.264 not supported by NVDEC")
+    return bits
+
+
+def sample_nvdec_cuda(
+    source: bytes | str | Path,
+    spec: SamplingSpec,
+    limits: DecodeLimits,
+    *,
+    pool: NvdecDecoderPool | None = None,
+    dtype: str = "uint8",
+) -> GpuClip:
+    """Decode `spec.frames` planned frames on the GPU; frames stay there as a (T, 3, H, W)
+    tensor, uint8 or (`dtype="float32"`) float32 in [0, 1]. Raises InvalidVideo / LimitExceeded
+    like the other backends, BackendUnavailable without PyNvVideoCodec, torch or a GPU."""
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', not {dtype!r}")
+    t0 = time.perf_counter()
+    pool = pool or default_pool()
+    pool.nvc()  # fail before any CPU work when the package is missing
+    torch = _import_torch()
+    device = pool.torch_device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable("decode backend 'nvdec' needs a CUDA device; none is visible")
+
+    with Source(source, limits) as src:
+        container = open_container(src)
+        try:
+            if not container.streams.video:
+                raise InvalidVideo("no video stream in the input")
+            stream = container.streams.video[0]
+            index = build_index(container, stream, limits, src.read, src.size)
+            codec = stream_codec(stream)
+            nvdec_codec(codec)
+            bits = _bit_depth(stream, codec)
+            plan = plan_frames(index, spec)
+            gops = planned_access_units(index, plan, stream)
+            rotation = display_rotation(src, container, stream, index)
+            cc = stream.codec_context
+            yuvj = cc.format is not None and cc.format.name.startswith("yuvj")
+            convert = Nv12ToRgb.build(
+                index.height,
+                index.width,
+                (spec.height, spec.width),
+                rotation,
+                int(cc.colorspace or 2),
+                yuvj or cc.color_range == 2,
+                device,
+            )
+        finally:
+            container.close()
+
+    swap = rotation in (90, 270)
+    wanted = set(plan.chosen)
+    out: dict[int, Any] = {}
+
+    def sink(i: int, surface: Any) -> None:
+        if i not in out:
+            out[i] = convert(surface)  # a new tensor: NVDEC reuses the surface
+
+    decoded, session = pool.decode(
+        codec, bits, (index.width, index.height), gops, wanted, sink, limits.max_decode_s
+    )
+    if not out:
+        raise InvalidVideo("no frame of the video could be decoded")
+    # A planned frame that failed to decode is replaced by the nearest one that did.
+    got = np.array(sorted(out), dtype=np.int64)
+    picks = [
+        i if i in out else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))])
+        for i in plan.chosen
+    ]
+    side = session.stream
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        frames = torch.stack([out[i] for i in picks])
+        as_float = dtype == "float32"
+        frames = frames.mul_(1.0 / 255.0) if as_float else frames.round_().to(torch.uint8)
+    if side is not None:
+        caller = torch.cuda.current_stream(device)
+        caller.wait_stream(side)  # the caller's stream sees finished frames
+        frames.record_stream(caller)  # and the allocator keeps them until it is done
+    stamps = tuple(float(index.pts_s[i]) for i in picks)
+    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets))))
+    h, w = index.height, index.width
+    return GpuClip(
+        frames=frames,
+        timestamps=stamps,
+        targets=plan.targets,
+        frames_decoded=decoded,
+        packets_planned=plan.packets_to_decode,
+        corrupt_packets=sum(g.corrupt for g in gops),
+        mean_deviation=dev,
+        width=h if swap else w,
+        height=w if swap else h,
+        duration=index.duration,
+        fps=index.fps,
+        codec=codec,
+        rotation=rotation,
+        keyframes=int(index.is_key.sum()),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def sample_nvdec(
+    source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
+) -> DecodedClip:
+    """The registered `nvdec` backend: `sample_nvdec_cuda` copied back to host memory."""
+    t0 = time.perf_counter()
+    clip = sample_nvdec_cuda(source, spec, limits).to_host()
+    return DecodedClip(
+        **{f.name: getattr(clip, f.name) for f in fields(DecodedClip) if f.name != "seconds"},
+        seconds=time.perf_counter() - t0,
+    )
