@@ -48,10 +48,18 @@ def open_container(src: Source) -> Any:
         raise InvalidVideo(f"not a readable video container: {exc}") from exc
 
 
-def _configure(stream: Any, threaded: bool) -> Any:
+def _speed_options(cc: Any, deblock: bool) -> None:
+    """Skipping the in-loop deblocking filter saves ~10 % of an H.264 keyframe's decode; at the
+    network's input size the frames differ by ~0.15 grey levels on average."""
+    if not deblock:
+        cc.options = {**cc.options, "skip_loop_filter": "all"}
+
+
+def _configure(stream: Any, threaded: bool, deblock: bool = True) -> Any:
     """The stream's own decoder (it carries the container's side data, e.g. the display matrix,
     onto every frame); threading must be chosen before its first packet."""
     cc = stream.codec_context
+    _speed_options(cc, deblock)
     if threaded:
         cc.thread_type = "FRAME"
         cc.thread_count = 2
@@ -61,12 +69,13 @@ def _configure(stream: Any, threaded: bool) -> Any:
     return cc
 
 
-def _extra_decoder(stream: Any) -> Any:
+def _extra_decoder(stream: Any, deblock: bool = True) -> Any:
     """A second single-threaded decoder for the same stream (no side data: rotation comes
     from the stream's own decoder)."""
     cc = av.CodecContext.create(stream.codec_context.name, "r")
     if stream.codec_context.extradata:
         cc.extradata = stream.codec_context.extradata
+    _speed_options(cc, deblock)
     cc.thread_type = "NONE"
     cc.thread_count = 1
     return cc
@@ -163,7 +172,7 @@ def execute_plan(
     gops = sorted(plan.prefixes.items())
     parallel = threads > 1 and len(gops) > 2 and index.codec in PARALLEL_CODECS
     longest = max(plan.prefixes.values())
-    main = _configure(stream, threaded=not parallel and longest > THREADED_PREFIX)
+    main = _configure(stream, not parallel and longest > THREADED_PREFIX, spec.deblock)
     if not parallel:
         out, decoded, corrupt = run.decode_gops(main, gops, own=True)
         return out, decoded, corrupt, run.rotation or 0
@@ -171,7 +180,7 @@ def execute_plan(
     out, decoded, corrupt = run.decode_gops(main, gops[:1], own=True)
     groups = _split(gops[1:], packet_costs(index), threads)
     futures = [
-        _pool(threads).submit(run.decode_gops, _extra_decoder(stream), grp, False)
+        _pool(threads).submit(run.decode_gops, _extra_decoder(stream, spec.deblock), grp, False)
         for grp in groups[1:]
     ]
     results = [run.decode_gops(main, groups[0], own=True)]

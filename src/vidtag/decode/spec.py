@@ -33,6 +33,7 @@ class SamplingSpec:
     tradeoff: float = 0.06
     budget: float = 48.0
     threads: int = 2  # decoders working on independent GOPs at once (1: sequential)
+    deblock: bool = True  # False skips the in-loop deblocking filter: ~5 % faster, not bit-exact
     mode: Mode = "uniform"
     seed: int = 0
     start: float | None = None
