@@ -25,6 +25,7 @@ from nvdec_fake import FakeDecoder, FakeNvc
 from vidtag.decode import DecodeLimits, SamplingSpec, backends, sample_frames
 from vidtag.decode import nvdec_backend as nvdec
 from vidtag.decode.index import PacketIndex, build_index
+from vidtag.decode.mp4 import isobmff_rotation
 from vidtag.decode.planner import Plan, plan_frames
 from vidtag.decode.pyav_backend import open_container
 from vidtag.decode.source import Source
@@ -332,7 +333,7 @@ def test_display_rotation_matches_pyav(clip_dir: Path, suffix: str) -> None:
         with _opened(path, SMALL) as (src, index, _, stream):
             assert nvdec.display_rotation(src, stream.container, stream, index) == rotation
             if suffix != "mkv":  # MP4/MOV: straight from tkhd, nothing decoded
-                assert nvdec.isobmff_rotation(src.read, src.size, stream.index) == rotation
+                assert isobmff_rotation(src.read, src.size, stream.index) == rotation
 
 
 def test_area_weights() -> None:

@@ -9,6 +9,7 @@ sample tables in moov; callers fall back to demuxing.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ def _top_level(read: Reader, total: int) -> tuple[bytes | None, bool]:
     return moov, fragmented
 
 
+def _header_size(box: bytes) -> int:
+    return 16 if struct.unpack_from(">I", box, 0)[0] == 1 else 8
+
+
 def _ctts(buf: bytes, start: int, end: int) -> np.ndarray:
     version = buf[start]
     (n,) = struct.unpack_from(">I", buf, start + 4)
@@ -110,8 +115,7 @@ def read_track_tables(read: Reader, total: int, track_id: int) -> TrackTables | 
     if moov is None:
         return None
     try:
-        head = 16 if struct.unpack_from(">I", moov, 0)[0] == 1 else 8
-        for kind, s, e in _boxes(moov, head, len(moov)):
+        for kind, s, e in _boxes(moov, _header_size(moov), len(moov)):
             if kind != b"trak":
                 continue
             found = _track(moov, s, e)
@@ -120,3 +124,36 @@ def read_track_tables(read: Reader, total: int, track_id: int) -> TrackTables | 
     except (struct.error, ValueError, IndexError):
         return None
     return None
+
+
+def isobmff_rotation(read: Reader, total: int, track: int) -> int | None:
+    """Counter-clockwise display rotation (0/90/180/270, PyAV's `frame.rotation` convention) of
+    the video track from the `tkhd` matrix of an MP4/MOV; None if there is no such track.
+
+    `track` is the stream index (FFmpeg's mov demuxer makes one stream per `trak`, in order).
+    Flips and the `mvhd` matrix are ignored, as the `pyav` backend ignores them.
+    """
+    moov, _ = _top_level(read, total)
+    if moov is None:
+        return None
+    tracks: list[tuple[bytes, float]] = []
+    for kind, s, e in _boxes(moov, _header_size(moov), len(moov)):
+        if kind != b"trak":
+            continue
+        handler, angle = b"", 0.0
+        for sub, ss, se in _boxes(moov, s, e):
+            if sub == b"tkhd" and se - ss >= 84:
+                m = ss + 4 + (32 if moov[ss] == 1 else 20) + 16  # version 1 has 64-bit times
+                a, b = struct.unpack_from(">ii", moov, m)
+                # FFmpeg's av_display_rotation_get: -atan2(b, a), what PyAV reports.
+                angle = -math.degrees(math.atan2(b, a)) if a or b else 0.0
+            elif sub == b"mdia":
+                for leaf, ls, le in _boxes(moov, ss, se):
+                    if leaf == b"hdlr" and le - ls >= 12:
+                        handler = moov[ls + 8 : ls + 12]
+        tracks.append((handler, angle))
+    video = [t for t in tracks if t[0] == b"vide"]
+    if not video:
+        return None
+    _, angle = tracks[track] if track < len(tracks) and tracks[track][0] == b"vide" else video[0]
+    return round(angle / 90.0) * 90 % 360

@@ -19,7 +19,6 @@ BackendUnavailable when the backend is called, never at import.
 from __future__ import annotations
 
 import contextlib
-import math
 import struct
 import threading
 import time
@@ -32,10 +31,11 @@ import av
 import av.bitstream
 import numpy as np
 
-from vidtag.decode.index import PacketIndex, build_index
+from vidtag.decode.index import PacketIndex
 from vidtag.decode.limits import DecodeLimits
+from vidtag.decode.mp4 import isobmff_rotation
 from vidtag.decode.planner import Plan, plan_frames
-from vidtag.decode.pyav_backend import open_container
+from vidtag.decode.pyav_backend import indexed
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.source import Source
 from vidtag.decode.spec import SamplingSpec
@@ -57,8 +57,6 @@ _420_FORMATS = {
 # swscale, and so the `pyav` backend, assumes for untagged video).
 _KR_KB = {1: (0.2126, 0.0722), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
 _BT601 = (0.299, 0.114)
-MAX_MOOV = 64 * 1024 * 1024
-Reader = Callable[[int, int], bytes]  # (offset, size) -> bytes, as Source.read
 DEFAULT_MAX_SIZE = 1920  # sessions cover 1920x1920 coded frames (landscape and portrait 1080p)
 
 
@@ -252,78 +250,6 @@ def planned_access_units(index: PacketIndex, plan: Plan, stream: Any) -> list[Go
 
 # ---------------------------------------------------------------------------------------------
 # CPU side: display rotation and colour
-
-
-def _boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, payload end) of the ISO-BMFF boxes in buf[start:end]."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", buf, pos)
-        head = 8
-        if size == 1 and pos + 16 <= end:
-            (size,) = struct.unpack_from(">Q", buf, pos + 8)
-            head = 16
-        elif size == 0:
-            size = end - pos
-        if size < head or pos + size > end:
-            return
-        yield kind, pos + head, pos + size
-        pos += size
-
-
-def _read_moov(read: Reader, total: int) -> bytes | None:
-    """The payload of the top-level moov box, walking the top-level box headers only."""
-    pos = 0
-    while pos + 8 <= total:
-        head = read(pos, 16)
-        if len(head) < 8:
-            return None
-        size, kind = struct.unpack_from(">I4s", head)
-        skip = 8
-        if size == 1 and len(head) == 16:
-            (size,) = struct.unpack_from(">Q", head, 8)
-            skip = 16
-        elif size == 0:
-            size = total - pos
-        if size < skip:
-            return None
-        if kind == b"moov":
-            return read(pos + skip, min(size, MAX_MOOV) - skip)
-        pos += size
-    return None
-
-
-def isobmff_rotation(read: Reader, total: int, track: int) -> int | None:
-    """Counter-clockwise display rotation (0/90/180/270, PyAV's `frame.rotation` convention) of
-    the video track from the `tkhd` matrix of an MP4/MOV; None if there is no such track.
-
-    `track` is the stream index (FFmpeg's mov demuxer makes one stream per `trak`, in order).
-    Flips and the `mvhd` matrix are ignored, as the `pyav` backend ignores them.
-    """
-    moov = _read_moov(read, total)
-    if moov is None:
-        return None
-    tracks: list[tuple[bytes, float]] = []
-    for kind, s, e in _boxes(moov, 0, len(moov)):
-        if kind != b"trak":
-            continue
-        handler, angle = b"", 0.0
-        for sub, ss, se in _boxes(moov, s, e):
-            if sub == b"tkhd" and se - ss >= 84:
-                m = ss + 4 + (32 if moov[ss] == 1 else 20) + 16  # version 1 has 64-bit times
-                a, b = struct.unpack_from(">ii", moov, m)
-                # FFmpeg's av_display_rotation_get: -atan2(b, a), what PyAV reports.
-                angle = -math.degrees(math.atan2(b, a)) if a or b else 0.0
-            elif sub == b"mdia":
-                for leaf, ls, le in _boxes(moov, ss, se):
-                    if leaf == b"hdlr" and le - ls >= 12:
-                        handler = moov[ls + 8 : ls + 12]
-        tracks.append((handler, angle))
-    video = [t for t in tracks if t[0] == b"vide"]
-    if not video:
-        return None
-    _, angle = tracks[track] if track < len(tracks) and tracks[track][0] == b"vide" else video[0]
-    return round(angle / 90.0) * 90 % 360
 
 
 def _decoded_rotation(stream: Any, index: PacketIndex) -> int:
@@ -769,32 +695,24 @@ def sample_nvdec_cuda(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailable("decode backend 'nvdec' needs a CUDA device; none is visible")
 
-    with Source(source, limits) as src:
-        container = open_container(src)
-        try:
-            if not container.streams.video:
-                raise InvalidVideo("no video stream in the input")
-            stream = container.streams.video[0]
-            index = build_index(container, stream, limits, src.read, src.size)
-            codec = stream_codec(stream)
-            nvdec_codec(codec)
-            bits = _bit_depth(stream, codec)
-            plan = plan_frames(index, spec)
-            gops = planned_access_units(index, plan, stream)
-            rotation = display_rotation(src, container, stream, index)
-            cc = stream.codec_context
-            yuvj = cc.format is not None and cc.format.name.startswith("yuvj")
-            convert = Nv12ToRgb.build(
-                index.height,
-                index.width,
-                (spec.height, spec.width),
-                rotation,
-                int(cc.colorspace or 2),
-                yuvj or cc.color_range == 2,
-                device,
-            )
-        finally:
-            container.close()
+    with indexed(source, limits) as (src, container, stream, index):
+        codec = stream_codec(stream)
+        nvdec_codec(codec)
+        bits = _bit_depth(stream, codec)
+        plan = plan_frames(index, spec)
+        gops = planned_access_units(index, plan, stream)
+        rotation = display_rotation(src, container, stream, index)
+        cc = stream.codec_context
+        yuvj = cc.format is not None and cc.format.name.startswith("yuvj")
+        convert = Nv12ToRgb.build(
+            index.height,
+            index.width,
+            (spec.height, spec.width),
+            rotation,
+            int(cc.colorspace or 2),
+            yuvj or cc.color_range == 2,
+            device,
+        )
 
     swap = rotation in (90, 270)
     wanted = set(plan.chosen)

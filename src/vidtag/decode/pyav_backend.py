@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,23 +194,31 @@ def execute_plan(
     return out, decoded, corrupt, run.rotation or 0
 
 
-def sample_pyav(
-    source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
-) -> DecodedClip:
-    t0 = time.perf_counter()
+@contextmanager
+def indexed(
+    source: bytes | str | Path, limits: DecodeLimits
+) -> Iterator[tuple[Source, Any, Any, PacketIndex]]:
+    """(source, container, first video stream, packet index), closed on exit."""
     with Source(source, limits) as src:
         container = open_container(src)
         try:
             if not container.streams.video:
                 raise InvalidVideo("no video stream in the input")
             stream = container.streams.video[0]
-            index = build_index(container, stream, limits, src.read, src.size)
-            plan = plan_frames(index, spec)
-            frames, decoded, corrupt, rotation = execute_plan(
-                stream, index, plan, spec, limits, threads=spec.threads
-            )
+            yield src, container, stream, build_index(container, stream, limits, src.read, src.size)
         finally:
             container.close()
+
+
+def sample_pyav(
+    source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
+) -> DecodedClip:
+    t0 = time.perf_counter()
+    with indexed(source, limits) as (_, _, stream, index):
+        plan = plan_frames(index, spec)
+        frames, decoded, corrupt, rotation = execute_plan(
+            stream, index, plan, spec, limits, threads=spec.threads
+        )
     if not frames:
         raise InvalidVideo("no frame of the video could be decoded")
     # A planned frame that failed to decode is replaced by the nearest one that did.
