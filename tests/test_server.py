@@ -172,6 +172,37 @@ def test_message_over_limit_resource_exhausted(client: VidtagClient, clip_bytes:
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_streamed_upload_above_the_unary_limit(client: VidtagClient, clip_bytes: bytes) -> None:
+    big = pad_mp4(clip_bytes, 12 * MiB)  # over the 8 MiB unary limit
+    streamed = client.tag(big, top_k=3, return_embedding=True, chunk_bytes=1 * MiB)
+    unary = client.tag(clip_bytes, top_k=3, return_embedding=True)
+    assert [t.name for t in streamed.tags] == [t.name for t in unary.tags]
+    assert streamed.embedding is not None and len(streamed.tags) <= 3
+    np.testing.assert_allclose(streamed.all_scores, unary.all_scores, atol=1e-6)
+
+
+def test_streamed_upload_over_the_cap_is_refused(model_repo: Path, clip_bytes: bytes) -> None:
+    cfg = make_config(model_repo, max_stream_bytes=2 * MiB)
+    with running_server(cfg) as (srv, _), VidtagClient(f"127.0.0.1:{srv.port}") as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.tag(pad_mp4(clip_bytes, 3 * MiB), chunk_bytes=256 * 1024)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "cap" in (err.value.details() or "")
+        assert c.tag(clip_bytes, chunk_bytes=256 * 1024).tags  # the server carries on
+
+
+def test_streamed_garbage_is_invalid(client: VidtagClient) -> None:
+    with pytest.raises(InvalidVideo):
+        client.tag(b"not a video" * 1000, chunk_bytes=4096)
+
+
+def test_list_models(client: VidtagClient) -> None:
+    listed = client.list_models()
+    assert listed.default_model_name == MODEL_NAME
+    assert [(m.model_name, m.model_version) for m in listed.models] == [(MODEL_NAME, "1")]
+    assert len(listed.models[0].tags) == 22
+
+
 # ---------------------------------------------------------------- health, reflection
 
 

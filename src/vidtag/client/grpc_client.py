@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import numpy as np
@@ -91,39 +91,47 @@ class VidtagClient:
         model_name: str = "",
         model_version: str = "",
         timeout: float | None = None,
+        chunk_bytes: int | None = None,
     ) -> TagResult:
         """Tag one video given as encoded bytes or a local file path (str or Path).
 
         `top_k`/`threshold` left as None use the model's own policy; `timeout` (seconds), if
-        given, replaces the client's default deadline for this call.
+        given, replaces the client's default deadline for this call. With `chunk_bytes` the
+        video is uploaded through TagVideoStream in chunks of that size (for clips above the
+        server's unary message limit).
         """
-        data = video if isinstance(video, bytes | bytearray) else Path(video).read_bytes()
+        data = bytes(video if isinstance(video, bytes | bytearray) else Path(video).read_bytes())
         request = pb.TagVideoRequest(
-            video=bytes(data),
-            return_embedding=return_embedding,
-            model_name=model_name,
-            model_version=model_version,
+            return_embedding=return_embedding, model_name=model_name, model_version=model_version
         )
         if top_k is not None:
             request.top_k = top_k
         if threshold is not None:
             request.threshold = threshold
-        try:
-            response = self._stub.TagVideo(request, timeout=self._timeout(timeout))
-        except grpc.RpcError as exc:
-            mapped = _as_vidtag_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        return response_to_result(response)
+        if chunk_bytes:
+            size = max(1, chunk_bytes)
+            chunks = [
+                pb.TagVideoChunk(options=request if i == 0 else None, data=data[i : i + size])
+                for i in range(0, max(len(data), 1), size)
+            ]
+            return response_to_result(self._call(self._stub.TagVideoStream, iter(chunks), timeout))
+        request.video = data
+        return response_to_result(self._call(self._stub.TagVideo, request, timeout))
 
     def model_info(
         self, model_name: str = "", model_version: str = "", *, timeout: float | None = None
     ) -> pb.ModelInfo:
         """The server's description of a model (empty name = its default model)."""
         request = pb.GetModelInfoRequest(model_name=model_name, model_version=model_version)
+        return self._call(self._stub.GetModelInfo, request, timeout)
+
+    def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
+        """Every model and version the server has loaded, and its default."""
+        return self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return self._stub.GetModelInfo(request, timeout=self._timeout(timeout))
+            return method(request, timeout=self._timeout(timeout))
         except grpc.RpcError as exc:
             mapped = _as_vidtag_error(exc)
             if mapped is None:

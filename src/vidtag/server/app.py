@@ -44,7 +44,7 @@ def load_tagger(config: ServeConfig) -> Tagger:
         config.model_name,
         config.model_version,
         # A video the transport accepted must not then fail the decoder's own size check.
-        limits=DecodeLimits(max_bytes=config.max_receive_bytes),
+        limits=DecodeLimits(max_bytes=max(config.max_receive_bytes, config.max_stream_bytes)),
         threads=config.inference_threads,
     )
 
@@ -61,7 +61,7 @@ class VidtagServer:
         self.executor = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="vidtag-worker"
         )
-        self.servicer = VideoTaggerServicer(self.models, self.executor)
+        self.servicer = VideoTaggerServicer(self.models, self.executor, config.max_stream_bytes)
         self.health = health_aio.HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None

@@ -60,6 +60,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest response sent, in MiB (default: %(default)g)",
     )
     parser.add_argument(
+        "--max-stream-mb",
+        type=float,
+        default=_D.max_stream_bytes / MiB,
+        metavar="MB",
+        help="largest total upload through TagVideoStream, in MiB (default: %(default)g)",
+    )
+    parser.add_argument(
         "--grace-s",
         type=float,
         default=_D.grace_s,
@@ -107,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         model_version=args.model_version,
         max_receive_bytes=int(args.max_receive_mb * MiB),
         max_send_bytes=int(args.max_send_mb * MiB),
+        max_stream_bytes=int(args.max_stream_mb * MiB),
         grace_s=args.grace_s,
         workers=args.workers,
         inference_threads=args.inference_threads,

@@ -25,6 +25,8 @@ class ServeConfig:
     # Stock gRPC refuses messages over 4 MiB; a 30 s phone clip is often bigger.
     max_receive_bytes: int = 64 * MiB
     max_send_bytes: int = 64 * MiB
+    # Total bytes a TagVideoStream upload may carry (RESOURCE_EXHAUSTED beyond).
+    max_stream_bytes: int = 256 * MiB
     # How long in-flight RPCs get to finish after SIGTERM before they are cancelled.
     grace_s: float = 10.0
     # Threads that run whole requests (decode + inference) off the event loop.
@@ -38,7 +40,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("max_receive_bytes", "max_send_bytes", "workers"):
+        for name in ("max_receive_bytes", "max_send_bytes", "max_stream_bytes", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grace_s < 0:

@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +60,9 @@ class ModelSet:
 
     def loaded(self) -> list[tuple[str, str]]:
         return sorted(self._by_key)
+
+    def all(self) -> list[Tagger]:
+        return [self._by_key[k] for k in self.loaded()]
 
     def get(self, name: str = "", version: str = "") -> Tagger:
         if self._default is None:
@@ -203,27 +206,62 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
     and infer at once (the rest wait in its queue, and are dropped there if their deadline passes).
     """
 
-    def __init__(self, models: ModelSet, executor: Executor) -> None:
+    def __init__(
+        self, models: ModelSet, executor: Executor, max_stream_bytes: int = 256 * 1024 * 1024
+    ) -> None:
         self.models = models
         self._executor = executor
+        self.max_stream_bytes = max_stream_bytes
         self.in_flight = 0  # TagVideo calls accepted and not yet answered
 
     async def TagVideo(
         self, request: pb.TagVideoRequest, context: grpc.aio.ServicerContext
     ) -> pb.TagVideoResponse:
+        return await self._tag("TagVideo", request, request.video, context)
+
+    async def TagVideoStream(
+        self, request_iterator: AsyncIterator[pb.TagVideoChunk], context: grpc.aio.ServicerContext
+    ) -> pb.TagVideoResponse:
+        options: pb.TagVideoRequest | None = None
+        parts: list[bytes] = []
+        total = 0
+        try:
+            async for chunk in request_iterator:
+                if options is None:
+                    options = chunk.options
+                total += len(chunk.data)
+                if total > self.max_stream_bytes:
+                    raise RpcFailure(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"upload exceeds the server's cap of {self.max_stream_bytes} bytes",
+                    )
+                parts.append(chunk.data)
+        except RpcFailure as exc:
+            with _access_logged("TagVideoStream", context, total) as rec:
+                rec.status = exc.code.name
+                await abort_with(context, exc, method="TagVideoStream")
+        video = b"".join(parts)
+        del parts
+        return await self._tag("TagVideoStream", options or pb.TagVideoRequest(), video, context)
+
+    async def _tag(
+        self,
+        method: str,
+        request: pb.TagVideoRequest,
+        video: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.TagVideoResponse:
         self.in_flight += 1
         try:
-            with _access_logged("TagVideo", context, len(request.video)) as rec:
+            with _access_logged(method, context, len(video)) as rec:
                 try:
                     deadline = _deadline(context)
-                    if not request.video:
+                    if not video:
                         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "video is empty")
                     top_k, threshold = request_options(request)
                     tagger = self.models.get(request.model_name, request.model_version)
                     rec.model = f"{tagger.name}/{tagger.version}"
-                    work = functools.partial(
-                        tagger.tag, request.video, top_k=top_k, threshold=threshold
-                    )
+                    work = functools.partial(tagger.tag, video, top_k=top_k, threshold=threshold)
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(
                         self._executor, functools.partial(_before, deadline, work)
@@ -231,9 +269,20 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                     return result_to_proto(result, return_embedding=request.return_embedding)
                 except Exception as exc:
                     rec.status = status_for(exc)[0].name
-                    await abort_with(context, exc, method="TagVideo")
+                    await abort_with(context, exc, method=method)
         finally:
             self.in_flight -= 1
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        with _access_logged("ListModels", context, 0):
+            default = self.models.get() if self.models.ready else None
+            return pb.ListModelsResponse(
+                models=[meta_to_proto(t.meta) for t in self.models.all()],
+                default_model_name=default.name if default else "",
+                default_model_version=default.version if default else "",
+            )
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
