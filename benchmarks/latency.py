@@ -59,7 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(args.clip) if args.clip else _clip(Path(tmp), args.seconds)
         data = clip.read_bytes()
-        config = ServeConfig(host="127.0.0.1", port=0, model_repository=repo, model_name=name)
+        config = ServeConfig(
+            host="127.0.0.1", port=0, model_repository=repo, model_name=name, metrics_port=0
+        )
         lat, stages = [], []
         with (
             running_server(config) as (server, _),

@@ -36,7 +36,11 @@ def model_dir(model_repo: Path) -> Path:
 def target(model_dir: Path) -> Iterator[str]:
     """`host:port` of a SERVING server, its event loop on a background thread."""
     config = ServeConfig(
-        host="127.0.0.1", port=0, model_repository=model_dir.parents[1], model_name=MODEL_NAME
+        host="127.0.0.1",
+        port=0,
+        model_repository=model_dir.parents[1],
+        model_name=MODEL_NAME,
+        metrics_port=0,
     )
     with running_server(config) as (server, _):
         yield f"127.0.0.1:{server.port}"

@@ -49,7 +49,9 @@ def server_target() -> Iterator[str]:
     """A SERVING server on a free port, on the bundled default model (fails if it is missing)."""
     repo = default_repository()
     name = resolve_model(repo).parent.name
-    config = ServeConfig(host="127.0.0.1", port=0, model_repository=repo, model_name=name)
+    config = ServeConfig(
+        host="127.0.0.1", port=0, model_repository=repo, model_name=name, metrics_port=0
+    )
     with running_server(config) as (server, _):
         yield f"127.0.0.1:{server.port}"
 

@@ -53,7 +53,12 @@ def pad_mp4(data: bytes, total: int) -> bytes:
 
 def make_config(repo: Path, **kw: Any) -> ServeConfig:
     base = ServeConfig(
-        host="127.0.0.1", port=0, model_repository=repo, model_name=MODEL_NAME, workers=2
+        host="127.0.0.1",
+        port=0,
+        model_repository=repo,
+        model_name=MODEL_NAME,
+        workers=2,
+        metrics_port=0,
     )
     return replace(base, **kw)
 
@@ -201,6 +206,32 @@ def test_list_models(client: VidtagClient) -> None:
     assert listed.default_model_name == MODEL_NAME
     assert [(m.model_name, m.model_version) for m in listed.models] == [(MODEL_NAME, "1")]
     assert len(listed.models[0].tags) == 22
+
+
+def test_metrics_endpoint_counts_requests_and_stages(
+    server: VidtagServer, client: VidtagClient, clip_bytes: bytes
+) -> None:
+    import urllib.request
+
+    client.tag(clip_bytes)
+    with pytest.raises(InvalidVideo):
+        client.tag(b"garbage" * 100)
+    assert server.metrics_port
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+
+    def value(line_start: str) -> float:
+        rows = [ln for ln in text.splitlines() if ln.startswith(line_start)]
+        assert rows, line_start
+        return float(rows[0].rsplit(" ", 1)[1])
+
+    assert value('vidtag_requests_total{method="TagVideo",status="OK"}') >= 1
+    assert value('vidtag_requests_total{method="TagVideo",status="INVALID_ARGUMENT"}') >= 1
+    for stage in ("decode", "queue", "inference", "total"):
+        assert value(f'vidtag_stage_seconds_count{{stage="{stage}"}}') >= 1
+    assert value('vidtag_model_info{arch="x2plus1d_xs",default="true",name="tiny"') == 1
+    assert "vidtag_in_flight_requests 0.0" in text
+    assert "vidtag_batch_size_bucket" in text and "vidtag_queue_depth" in text
 
 
 # ---------------------------------------------------------------- health, reflection

@@ -19,6 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vidtag.server.config import ServeConfig
+from vidtag.server.metrics import Metrics
 from vidtag.server.servicer import SERVICE_NAME, ModelSet, VideoTaggerServicer
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
@@ -61,7 +62,11 @@ class VidtagServer:
         self.executor = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="vidtag-worker"
         )
-        self.servicer = VideoTaggerServicer(self.models, self.executor, config.max_stream_bytes)
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self.servicer = VideoTaggerServicer(
+            self.models, self.executor, config.max_stream_bytes, self.metrics
+        )
         self.health = health_aio.HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -90,6 +95,9 @@ class VidtagServer:
             raise OSError(f"could not bind {cfg.address}")
         await server.start()
         self._server, self.port = server, port
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
         log.info("listening on %s:%d (NOT_SERVING until the model is warm)", cfg.host, port)
         return port
 
@@ -99,6 +107,9 @@ class VidtagServer:
         tagger = await loop.run_in_executor(self.executor, load_tagger, self.config)
         await loop.run_in_executor(self.executor, tagger.warmup)
         self.models.add(tagger, default=True)
+        self.metrics.set_models(
+            [(t.name, t.version, t.meta.arch, t is self.models.get()) for t in self.models.all()]
+        )
         for service in ("", SERVICE_NAME):
             await self.health.set(service, _SERVING)
         log.info("model %s/%s loaded and warm: SERVING", tagger.name, tagger.version)
@@ -118,6 +129,7 @@ class VidtagServer:
             await self._server.stop(grace)
         # Requests still queued were cancelled with their RPCs; do not wait on running decodes.
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
         self._stopped.set()
         log.info("stopped")
 

@@ -96,6 +96,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="RPCs in flight beyond N are refused with RESOURCE_EXHAUSTED (default: no cap)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_D.metrics_port,
+        metavar="PORT",
+        help="Prometheus /metrics HTTP port; 0 picks a free one, -1 disables "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=_D.metrics_host,
+        help="interface the metrics endpoint binds (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -120,6 +133,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         inference_threads=args.inference_threads,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         log_level=args.log_level,
+        metrics_port=None
+        if args.metrics_port is not None and args.metrics_port < 0
+        else args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 

@@ -36,6 +36,9 @@ class ServeConfig:
     # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
     max_concurrent_rpcs: int | None = None
     log_level: str = "INFO"
+    # Prometheus /metrics over HTTP on this port (0: any free port; None: no metrics endpoint).
+    metrics_port: int | None = 9464
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -49,6 +52,8 @@ class ServeConfig:
             raise ValueError(f"inference_threads must be >= 1, got {self.inference_threads}")
         if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
             raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ValueError(f"unknown log level {self.log_level!r}")
 

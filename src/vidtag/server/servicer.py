@@ -22,6 +22,7 @@ import grpc
 
 from vidtag.errors import ModelError
 from vidtag.server.errors import RpcFailure, abort_with, status_for
+from vidtag.server.metrics import Metrics
 from vidtag.v1 import tagger_pb2 as pb
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
@@ -96,7 +97,7 @@ class _Access:
 
 @contextmanager
 def _access_logged(
-    method: str, context: grpc.aio.ServicerContext, nbytes: int
+    method: str, context: grpc.aio.ServicerContext, nbytes: int, metrics: Metrics
 ) -> Iterator[_Access]:
     rec = _Access(method=method, peer=context.peer(), nbytes=nbytes)
     t0 = time.perf_counter()
@@ -107,6 +108,7 @@ def _access_logged(
         raise
     finally:
         ms = (time.perf_counter() - t0) * 1000.0
+        metrics.requests.labels(method, rec.status).inc()
         access_log.info(
             "rpc method=%s status=%s ms=%.1f bytes=%d model=%s peer=%s",
             rec.method,
@@ -207,9 +209,14 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
     """
 
     def __init__(
-        self, models: ModelSet, executor: Executor, max_stream_bytes: int = 256 * 1024 * 1024
+        self,
+        models: ModelSet,
+        executor: Executor,
+        max_stream_bytes: int = 256 * 1024 * 1024,
+        metrics: Metrics | None = None,
     ) -> None:
         self.models = models
+        self.metrics = metrics or Metrics()
         self._executor = executor
         self.max_stream_bytes = max_stream_bytes
         self.in_flight = 0  # TagVideo calls accepted and not yet answered
@@ -237,7 +244,7 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                     )
                 parts.append(chunk.data)
         except RpcFailure as exc:
-            with _access_logged("TagVideoStream", context, total) as rec:
+            with _access_logged("TagVideoStream", context, total, self.metrics) as rec:
                 rec.status = exc.code.name
                 await abort_with(context, exc, method="TagVideoStream")
         video = b"".join(parts)
@@ -252,8 +259,10 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.TagVideoResponse:
         self.in_flight += 1
+        self.metrics.in_flight.inc()
+        t_rpc = time.perf_counter()
         try:
-            with _access_logged(method, context, len(video)) as rec:
+            with _access_logged(method, context, len(video), self.metrics) as rec:
                 try:
                     deadline = _deadline(context)
                     if not video:
@@ -262,21 +271,34 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                     tagger = self.models.get(request.model_name, request.model_version)
                     rec.model = f"{tagger.name}/{tagger.version}"
                     work = functools.partial(tagger.tag, video, top_k=top_k, threshold=threshold)
+                    started: list[float] = []
+
+                    def job() -> TagResult:
+                        started.append(time.perf_counter())
+                        return _before(deadline, work)
+
                     loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(
-                        self._executor, functools.partial(_before, deadline, work)
+                    result = await loop.run_in_executor(self._executor, job)
+                    queued = started[0] - t_rpc
+                    result.timings["queue"] = queued
+                    self.metrics.observe_stages(
+                        {**result.timings, "total": time.perf_counter() - t_rpc}
                     )
-                    return result_to_proto(result, return_embedding=request.return_embedding)
+                    response = result_to_proto(result, return_embedding=request.return_embedding)
+                    response.timings.queue_ms = queued * 1000.0
+                    response.timings.batch_size = 1
+                    return response
                 except Exception as exc:
                     rec.status = status_for(exc)[0].name
                     await abort_with(context, exc, method=method)
         finally:
             self.in_flight -= 1
+            self.metrics.in_flight.dec()
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        with _access_logged("ListModels", context, 0):
+        with _access_logged("ListModels", context, 0, self.metrics):
             default = self.models.get() if self.models.ready else None
             return pb.ListModelsResponse(
                 models=[meta_to_proto(t.meta) for t in self.models.all()],
@@ -287,7 +309,7 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
-        with _access_logged("GetModelInfo", context, 0) as rec:
+        with _access_logged("GetModelInfo", context, 0, self.metrics) as rec:
             try:
                 tagger = self.models.get(request.model_name, request.model_version)
                 rec.model = f"{tagger.name}/{tagger.version}"

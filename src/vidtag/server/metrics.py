@@ -1,0 +1,83 @@
+"""Prometheus metrics of one server, in its own registry (several servers can share a process).
+
+Names follow Prometheus conventions: seconds for durations, `_total` for counters. Stages:
+`decode` (bytes -> frames, in a decode worker), `queue` (waiting for a decode worker and for the
+batcher), `inference` (the batch's network run), `total` (server-side, request in -> answer out).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# 1 ms .. 10 s: the service's budget is ~150 ms, overload can reach seconds.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+STAGES = ("decode", "queue", "inference", "total")
+
+
+class Metrics:
+    """The server's instruments; `serve(port)` exposes them over HTTP for scraping."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "vidtag_requests", "RPCs answered, by method and gRPC status.",
+            ["method", "status"], registry=r,
+        )  # fmt: skip
+        self.stage_seconds = Histogram(
+            "vidtag_stage_seconds", "Server-side time per request stage.",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "vidtag_in_flight_requests", "TagVideo RPCs in progress.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "vidtag_queue_depth", "Requests waiting, by queue (decode, batch).", ["queue"],
+            registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "vidtag_batch_size", "Requests per inference batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.rejected = Counter(
+            "vidtag_rejected", "Requests shed before any work, by reason.", ["reason"], registry=r
+        )
+        self.worker_restarts = Counter(
+            "vidtag_decode_worker_restarts", "Decode worker processes replaced.", registry=r
+        )
+        self.model_info = Gauge(
+            "vidtag_model_info", "Loaded models (value 1), with their identity as labels.",
+            ["name", "version", "arch", "default"], registry=r,
+        )  # fmt: skip
+        for stage in STAGES:  # export every stage from the start, not from its first sample
+            self.stage_seconds.labels(stage)
+        for queue in ("decode", "batch"):
+            self.queue_depth.labels(queue).set(0)
+        self._http: Any = None
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        for stage in STAGES:
+            if stage in seconds:
+                self.stage_seconds.labels(stage).observe(max(seconds[stage], 0.0))
+
+    def set_models(self, models: list[tuple[str, str, str, bool]]) -> None:
+        """(name, version, arch, is_default) of every loaded model."""
+        self.model_info.clear()
+        for name, version, arch, default in models:
+            self.model_info.labels(name, version, arch, str(default).lower()).set(1)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Expose /metrics on `port` (0: any free port); return the bound port."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
