@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from vidtag.server.config import MiB, ServeConfig
+from vidtag.server.layers import build
 
 _D = ServeConfig()  # the defaults --help shows are the dataclass's own
 
@@ -115,29 +119,56 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=str.upper,
         help="log verbosity; INFO logs one line per request (default: %(default)s)",
     )
+    _finish_parser(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    """Build the ServeConfig the parsed flags describe (raises ValueError on bad values)."""
-    return ServeConfig(
-        host=args.host,
-        port=args.port,
-        model_repository=args.models,
-        model_name=args.model,
-        model_version=args.model_version,
-        max_receive_bytes=int(args.max_receive_mb * MiB),
-        max_send_bytes=int(args.max_send_mb * MiB),
-        max_stream_bytes=int(args.max_stream_mb * MiB),
-        grace_s=args.grace_s,
-        workers=args.workers,
-        inference_threads=args.inference_threads,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        log_level=args.log_level,
-        metrics_port=None
-        if args.metrics_port is not None and args.metrics_port < 0
-        else args.metrics_port,
-        metrics_host=args.metrics_host,
+# flag dest -> (ServeConfig field, conversion from the flag's unit)
+_FLAG_FIELDS: dict[str, tuple[str, Any]] = {
+    "host": ("host", None),
+    "port": ("port", None),
+    "models": ("model_repository", None),
+    "model": ("model_name", None),
+    "model_version": ("model_version", None),
+    "max_receive_mb": ("max_receive_bytes", lambda mb: int(mb * MiB)),
+    "max_send_mb": ("max_send_bytes", lambda mb: int(mb * MiB)),
+    "max_stream_mb": ("max_stream_bytes", lambda mb: int(mb * MiB)),
+    "grace_s": ("grace_s", None),
+    "workers": ("workers", None),
+    "inference_threads": ("inference_threads", None),
+    "max_concurrent_rpcs": ("max_concurrent_rpcs", None),
+    "log_level": ("log_level", None),
+    "metrics_port": ("metrics_port", lambda p: None if p < 0 else p),
+    "metrics_host": ("metrics_host", None),
+}
+
+
+def _finish_parser(parser: argparse.ArgumentParser) -> None:
+    """Render each flag's default into its help, then default it to None, so that only the
+    flags actually given override the environment and the config file."""
+    for action in parser._actions:
+        if action.dest in _FLAG_FIELDS and action.help:
+            action.help = action.help % {"default": action.default}
+            action.default = None
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML or JSON file of settings named as ServeConfig's fields (units: bytes, "
+        "seconds), optionally under [serve]; precedence: defaults < file < $VIDTAG_<FIELD> "
+        "environment variables < flags",
     )
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
+    """The ServeConfig of the given flags over $VIDTAG_* over --config over the defaults
+    (raises ValueError on bad values, naming where they came from)."""
+    flags: dict[str, Any] = {}
+    for dest, (name, convert) in _FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            flags[name] = convert(value) if convert else value
+    return build(flags, os.environ if env is None else env, getattr(args, "config", None))
 
 
 def run_serve(args: argparse.Namespace) -> int:

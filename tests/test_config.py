@@ -1,0 +1,75 @@
+"""ServeConfig layers: defaults < config file < environment < flags; every knob has a flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from vidtag.server.cli import _FLAG_FIELDS, add_serve_arguments, config_from_args
+from vidtag.server.config import MiB, ServeConfig
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_without_any_layer() -> None:
+    assert config_from_args(_args(), env={}) == ServeConfig()
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "vidtag.toml"
+    cfg_file.write_text('[serve]\nport = 6000\nworkers = 3\ngrace_s = 2.5\nmodel_name = "a"\n')
+    env = {"VIDTAG_PORT": "7000", "VIDTAG_INFERENCE_THREADS": "2", "VIDTAG_OTHER": "ignored"}
+    cfg = config_from_args(_args("--config", str(cfg_file), "--workers", "5"), env=env)
+    assert cfg.port == 7000  # env over file
+    assert cfg.workers == 5  # flag over file
+    assert cfg.grace_s == 2.5 and cfg.model_name == "a"  # file over defaults
+    assert cfg.inference_threads == 2
+
+
+def test_flag_units_and_none(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "vidtag.json"
+    cfg_file.write_text(json.dumps({"metrics_port": 9999, "max_stream_bytes": 5 * MiB}))
+    cfg = config_from_args(
+        _args("--config", str(cfg_file), "--max-receive-mb", "8", "--metrics-port", "-1"),
+        env={"VIDTAG_MAX_CONCURRENT_RPCS": "none"},
+    )
+    assert cfg.max_receive_bytes == 8 * MiB and cfg.max_stream_bytes == 5 * MiB
+    assert cfg.metrics_port is None and cfg.max_concurrent_rpcs is None
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "match"),
+    [
+        ({"VIDTAG_PORT": "eighty"}, None, r"\$VIDTAG_PORT: port='eighty' is not a valid int"),
+        ({}, '{"no_such_knob": 1}', "unknown setting 'no_such_knob'"),
+        ({"VIDTAG_WORKERS": "0"}, None, "workers must be >= 1"),
+        ({"VIDTAG_GRACE_S": "none"}, None, "grace_s='none' is not a valid float"),
+    ],
+)
+def test_bad_values_name_their_origin(
+    tmp_path: Path, env: dict[str, str], file: str | None, match: str
+) -> None:
+    argv: list[str] = []
+    if file is not None:
+        (tmp_path / "c.json").write_text(file)
+        argv = ["--config", str(tmp_path / "c.json")]
+    with pytest.raises(ValueError, match=match):
+        config_from_args(_args(*argv), env=env)
+
+
+def test_every_knob_has_a_documented_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    fields = {f.name for f in dataclasses.fields(ServeConfig)}
+    assert {name for name, _ in _FLAG_FIELDS.values()} == fields
+    helps = {a.dest: a.help or "" for a in parser._actions}
+    for dest in _FLAG_FIELDS:
+        assert "default" in helps[dest], dest
