@@ -234,6 +234,42 @@ def test_metrics_endpoint_counts_requests_and_stages(
     assert "vidtag_batch_size_bucket" in text and "vidtag_queue_depth" in text
 
 
+def _wait_for(check: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_new_versions_are_picked_up_and_broken_ones_refused(
+    model_repo: Path, clip_bytes: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / MODEL_NAME / "1", repo / MODEL_NAME / "1")
+    cfg = make_config(repo, repository_poll_s=0.1)
+    caplog.set_level(logging.WARNING, logger="vidtag.server.app")
+    with running_server(cfg) as (srv, _), VidtagClient(f"127.0.0.1:{srv.port}") as c:
+        assert c.tag(clip_bytes).model_version == "1"
+        (repo / MODEL_NAME / "3").mkdir()
+        (repo / MODEL_NAME / "3" / "model.json").write_text("{ not json")
+        staging = tmp_path / "staging"
+        shutil.copytree(repo / MODEL_NAME / "1", staging)
+        meta = json.loads((staging / "model.json").read_text())
+        (staging / "model.json").write_text(json.dumps({**meta, "version": "2"}))
+        staging.rename(repo / MODEL_NAME / "2")  # appears whole, as a deploy tool would do it
+
+        _wait_for(lambda: len(c.list_models().models) == 2)
+        assert c.tag(clip_bytes).model_version == "2"  # the newest version answers by default
+        assert c.tag(clip_bytes, model_version="1").model_version == "1"
+        _wait_for(lambda: "refusing model tiny/3" in caplog.text)
+        assert [m.model_version for m in c.list_models().models] == ["1", "2"]
+        with pytest.raises(ModelError):
+            c.tag(clip_bytes, model_version="3")
+
+
 # ---------------------------------------------------------------- health, reflection
 
 

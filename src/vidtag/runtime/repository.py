@@ -18,7 +18,8 @@ def default_repository() -> Path:
     return Path(__file__).resolve().parents[3] / "models"
 
 
-def _version_key(v: str) -> tuple[int, str]:
+def version_key(v: str) -> tuple[int, str]:
+    """Numeric versions in numeric order, after any non-numeric ones."""
     return (int(v), "") if v.isdigit() else (-1, v)
 
 
@@ -26,7 +27,7 @@ def list_versions(repo: str | Path, name: str) -> list[str]:
     d = Path(repo) / name
     if not d.is_dir():
         return []
-    return sorted((p.name for p in d.iterdir() if p.is_dir()), key=_version_key)
+    return sorted((p.name for p in d.iterdir() if p.is_dir()), key=version_key)
 
 
 def list_model_names(repo: str | Path) -> list[str]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from vidtag.decode.limits import DecodeLimits
+from vidtag.errors import ModelError
 from vidtag.server.config import ServeConfig
 from vidtag.server.metrics import Metrics
 from vidtag.server.servicer import SERVICE_NAME, ModelSet, VideoTaggerServicer
@@ -35,7 +38,6 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def load_tagger(config: ServeConfig) -> Tagger:
     """Load (not warm up) the configured model from the configured repository; blocking."""
-    from vidtag.decode.limits import DecodeLimits
     from vidtag.runtime.repository import default_repository
     from vidtag.runtime.tagger import Tagger
 
@@ -44,10 +46,20 @@ def load_tagger(config: ServeConfig) -> Tagger:
         repo,
         config.model_name,
         config.model_version,
-        # A video the transport accepted must not then fail the decoder's own size check.
-        limits=DecodeLimits(max_bytes=max(config.max_receive_bytes, config.max_stream_bytes)),
+        limits=_limits(config),
         threads=config.inference_threads,
     )
+
+
+def _limits(config: ServeConfig) -> DecodeLimits:
+    # A video the transport accepted must not then fail the decoder's own size check.
+    return DecodeLimits(max_bytes=max(config.max_receive_bytes, config.max_stream_bytes))
+
+
+def _dir_stamp(path: Path) -> float:
+    """Newest modification time in a model directory: a version being copied in changes it."""
+    times = [p.stat().st_mtime for p in path.rglob("*")] + [path.stat().st_mtime]
+    return max(times)
 
 
 class VidtagServer:
@@ -71,6 +83,8 @@ class VidtagServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+        self._refused: dict[tuple[str, str], float] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and start serving with health NOT_SERVING; return the bound port."""
@@ -102,23 +116,87 @@ class VidtagServer:
         return port
 
     async def load_models(self) -> None:
-        """Load and warm up the configured model off the event loop, then report SERVING."""
+        """Load and warm up the configured model off the event loop, then every other model
+        version in the repository (a broken one is refused with a log line), then report
+        SERVING and keep watching the repository for new versions."""
         loop = asyncio.get_running_loop()
         tagger = await loop.run_in_executor(self.executor, load_tagger, self.config)
         await loop.run_in_executor(self.executor, tagger.warmup)
         self.models.add(tagger, default=True)
-        self.metrics.set_models(
-            [(t.name, t.version, t.meta.arch, t is self.models.get()) for t in self.models.all()]
-        )
+        await self.scan_repository()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, _SERVING)
         log.info("model %s/%s loaded and warm: SERVING", tagger.name, tagger.version)
+        if self.config.repository_poll_s > 0:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def scan_repository(self) -> list[tuple[str, str]]:
+        """Load every model version in the repository that is neither loaded nor refused in
+        its current state; return the ones loaded now."""
+        from vidtag.runtime.repository import list_model_names, list_versions
+
+        repo = self._repository()
+        loop = asyncio.get_running_loop()
+        added = []
+        for name in list_model_names(repo):
+            for version in list_versions(repo, name):
+                key = (name, version)
+                if key in self.models.loaded():
+                    continue
+                stamp = _dir_stamp(repo / name / version)
+                if self._refused.get(key) == stamp:
+                    continue
+                try:
+                    tagger = await loop.run_in_executor(
+                        self.executor, self._load_dir, repo / name / version
+                    )
+                    if (tagger.name, tagger.version) != key:
+                        raise ModelError(
+                            f"model.json says {tagger.name}/{tagger.version}, "
+                            f"but it sits in {name}/{version}"
+                        )
+                except Exception as exc:
+                    self._refused[key] = stamp
+                    log.warning("refusing model %s/%s (not served): %s", name, version, exc)
+                    continue
+                self.models.add(tagger)
+                added.append(key)
+                log.info("model %s/%s loaded from the repository and warm", name, version)
+        self.metrics.set_models(
+            [(t.name, t.version, t.meta.arch, t is self.models.get()) for t in self.models.all()]
+        )
+        return added
+
+    def _repository(self) -> Path:
+        from vidtag.runtime.repository import default_repository
+
+        repo = self.config.model_repository
+        return Path(repo) if repo is not None else default_repository()
+
+    def _load_dir(self, model_dir: Path) -> Tagger:
+        from vidtag.runtime.tagger import Tagger
+
+        tagger = Tagger(
+            model_dir, limits=_limits(self.config), threads=self.config.inference_threads
+        )
+        tagger.warmup()
+        return tagger
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.repository_poll_s)
+            try:
+                await self.scan_repository()
+            except Exception:
+                log.exception("scanning the model repository failed")
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, then let in-flight RPCs finish for up to `grace` seconds; idempotent."""
         if self._stopped.is_set():
             return
         grace = self.config.grace_s if grace is None else grace
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.health.enter_graceful_shutdown()
         log.info(
             "shutting down: NOT_SERVING, %d request(s) in flight, grace %.1f s",

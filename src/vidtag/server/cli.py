@@ -113,6 +113,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="interface the metrics endpoint binds (default: %(default)s)",
     )
     parser.add_argument(
+        "--repository-poll-s",
+        type=float,
+        default=_D.repository_poll_s,
+        metavar="S",
+        help="seconds between scans of the model repository; new versions are loaded, warmed up "
+        "and served without a restart, broken ones refused with a log line; 0: no watching "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -137,6 +146,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "inference_threads": ("inference_threads", None),
     "max_concurrent_rpcs": ("max_concurrent_rpcs", None),
     "log_level": ("log_level", None),
+    "repository_poll_s": ("repository_poll_s", None),
     "metrics_port": ("metrics_port", lambda p: None if p < 0 else p),
     "metrics_host": ("metrics_host", None),
 }

@@ -36,6 +36,8 @@ class ServeConfig:
     # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
     max_concurrent_rpcs: int | None = None
     log_level: str = "INFO"
+    # Seconds between scans of the model repository for new versions (0: load once, no watch).
+    repository_poll_s: float = 5.0
     # Prometheus /metrics over HTTP on this port (0: any free port; None: no metrics endpoint).
     metrics_port: int | None = 9464
     metrics_host: str = "0.0.0.0"
@@ -46,6 +48,8 @@ class ServeConfig:
         for name in ("max_receive_bytes", "max_send_bytes", "max_stream_bytes", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.repository_poll_s < 0:
+            raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if self.inference_threads is not None and self.inference_threads < 1:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from vidtag.errors import ModelError
+from vidtag.runtime.repository import version_key
 from vidtag.server.errors import RpcFailure, abort_with, status_for
 from vidtag.server.metrics import Metrics
 from vidtag.v1 import tagger_pb2 as pb
@@ -39,44 +40,43 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoTagger"].full_name
 class ModelSet:
     """The models this server has loaded, looked up by the (name, version) a request names.
 
-    An empty name means the default model; an empty version means the last version loaded under
-    that name. Asking before any model is loaded is UNAVAILABLE, asking for one that is not
-    loaded is a `ModelError` (NOT_FOUND).
+    An empty name means the default model; an empty version means the highest version loaded
+    under that name (so a new version picked up from the repository takes over at once).
+    Asking before any model is loaded is UNAVAILABLE, asking for one that is not loaded is a
+    `ModelError` (NOT_FOUND).
     """
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], Tagger] = {}
-        self._by_name: dict[str, Tagger] = {}
-        self._default: Tagger | None = None
+        self._default_name: str | None = None
 
     def add(self, tagger: Tagger, *, default: bool = False) -> None:
         self._by_key[(tagger.name, tagger.version)] = tagger
-        self._by_name[tagger.name] = tagger
-        if default or self._default is None:
-            self._default = tagger
+        if default or self._default_name is None:
+            self._default_name = tagger.name
 
     @property
     def ready(self) -> bool:
-        return self._default is not None
+        return self._default_name is not None
 
     def loaded(self) -> list[tuple[str, str]]:
-        return sorted(self._by_key)
+        return sorted(self._by_key, key=lambda k: (k[0], version_key(k[1])))
 
     def all(self) -> list[Tagger]:
         return [self._by_key[k] for k in self.loaded()]
 
+    def latest(self, name: str) -> Tagger | None:
+        versions = [k for k in self.loaded() if k[0] == name]
+        return self._by_key[versions[-1]] if versions else None
+
     def get(self, name: str = "", version: str = "") -> Tagger:
-        if self._default is None:
+        if self._default_name is None:
             raise RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "no model loaded yet; retry when health is SERVING"
             )
         if not name:
-            if version and version != self._default.version:
-                raise ModelError(
-                    f"default model {self._default.name!r} has no loaded version {version!r}"
-                )
-            return self._default
-        found = self._by_key.get((name, version)) if version else self._by_name.get(name)
+            name = self._default_name
+        found = self._by_key.get((name, version)) if version else self.latest(name)
         if found is None:
             wanted = f"{name!r}" + (f" version {version!r}" if version else "")
             have = ", ".join(f"{n}/{v}" for n, v in self.loaded())
