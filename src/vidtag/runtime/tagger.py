@@ -76,16 +76,39 @@ class Tagger:
     def decode(self, source: bytes | str | Path) -> DecodedClip:
         return sample_frames(source, self.spec, self.limits)
 
-    def scores(self, clip: DecodedClip) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """Sigmoid scores (C,) and L2-normalised embedding (E,) for one decoded clip."""
-        t0 = time.perf_counter()
-        x = preprocess(clip.frames, self.meta.input)[None]
-        t1 = time.perf_counter()
-        logits, emb = self.backend(x)
-        t2 = time.perf_counter()
-        e = emb[0].astype(np.float32)
-        e /= max(float(np.linalg.norm(e)), 1e-12)
-        return sigmoid(logits[0]), e, {"preprocess": t1 - t0, "inference": t2 - t1}
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sigmoid scores (N, C) and L2-normalised embeddings (N, E) of a preprocessed batch."""
+        logits, emb = self.backend(batch)
+        e = emb.astype(np.float32)
+        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return sigmoid(logits), e
+
+    def result(
+        self,
+        clip: DecodedClip,
+        scores: np.ndarray,
+        embedding: np.ndarray,
+        timings: dict[str, float],
+        top_k: int | None = None,
+        threshold: float | None = None,
+    ) -> TagResult:
+        """The decision rule and ranking applied to one clip's scores (C,) and embedding (E,)."""
+        chosen = self.rule.select(scores, top_k, threshold)
+        tags = tuple(
+            TagScore(self.meta.tags[i], float(scores[i]), self._group.get(self.meta.tags[i], ""))
+            for i in chosen
+        )
+        video = VideoInfo(
+            width=clip.width,
+            height=clip.height,
+            duration=clip.duration,
+            fps=clip.fps,
+            codec=clip.codec,
+            rotation=clip.rotation,
+            frames_decoded=clip.frames_decoded,
+            sampled_timestamps=clip.timestamps,
+        )
+        return TagResult(tags, embedding, self.name, self.version, video, timings, scores)
 
     def tag(
         self,
@@ -97,23 +120,12 @@ class Tagger:
         t0 = time.perf_counter()
         clip = self.decode(source)
         t1 = time.perf_counter()
-        scores, emb, stage = self.scores(clip)
+        x = preprocess(clip.frames, self.meta.input)[None]
         t2 = time.perf_counter()
-        chosen = self.rule.select(scores, top_k, threshold)
-        tags = tuple(
-            TagScore(self.meta.tags[i], float(scores[i]), self._group.get(self.meta.tags[i], ""))
-            for i in chosen
-        )
+        scores, emb = self.infer(x)
         t3 = time.perf_counter()
-        video = VideoInfo(
-            width=clip.width,
-            height=clip.height,
-            duration=clip.duration,
-            fps=clip.fps,
-            codec=clip.codec,
-            rotation=clip.rotation,
-            frames_decoded=clip.frames_decoded,
-            sampled_timestamps=clip.timestamps,
-        )
-        timings = {"decode": t1 - t0, **stage, "postprocess": t3 - t2, "total": t3 - t0}
-        return TagResult(tags, emb, self.name, self.version, video, timings, scores)
+        timings = {"decode": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2}
+        out = self.result(clip, scores[0], emb[0], timings, top_k, threshold)
+        t4 = time.perf_counter()
+        out.timings.update(postprocess=t4 - t3, total=t4 - t0)
+        return out

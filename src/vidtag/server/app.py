@@ -21,8 +21,10 @@ from grpc_reflection.v1alpha import reflection
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.errors import ModelError
+from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
 from vidtag.server.metrics import Metrics
+from vidtag.server.pipeline import ServedModel, thread_decode_stage
 from vidtag.server.servicer import SERVICE_NAME, ModelSet, VideoTaggerServicer
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
@@ -76,8 +78,15 @@ class VidtagServer:
         )
         self.metrics = Metrics()
         self.metrics_port: int | None = None
+        # One batch runs at a time per model; its intra-op threads spread it over the cores.
+        self.inference_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="vidtag-inference"
+        )
         self.servicer = VideoTaggerServicer(
-            self.models, self.executor, config.max_stream_bytes, self.metrics
+            self.models, thread_decode_stage(self.executor), config.max_stream_bytes, self.metrics
+        )
+        self.metrics.queue_depth.labels("batch").set_function(
+            lambda: float(sum(m.batcher.queue_depth for m in self.models.all()))
         )
         self.health = health_aio.HealthServicer()
         self.port: int | None = None
@@ -121,8 +130,10 @@ class VidtagServer:
         SERVING and keep watching the repository for new versions."""
         loop = asyncio.get_running_loop()
         tagger = await loop.run_in_executor(self.executor, load_tagger, self.config)
-        await loop.run_in_executor(self.executor, tagger.warmup)
-        self.models.add(tagger, default=True)
+        model = self._serve_model(tagger)
+        await loop.run_in_executor(self.executor, model.warmup)
+        await model.batcher.start()
+        self.models.add(model, default=True)
         await self.scan_repository()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, _SERVING)
@@ -147,23 +158,24 @@ class VidtagServer:
                 if self._refused.get(key) == stamp:
                     continue
                 try:
-                    tagger = await loop.run_in_executor(
+                    model = await loop.run_in_executor(
                         self.executor, self._load_dir, repo / name / version
                     )
-                    if (tagger.name, tagger.version) != key:
+                    if (model.name, model.version) != key:
                         raise ModelError(
-                            f"model.json says {tagger.name}/{tagger.version}, "
+                            f"model.json says {model.name}/{model.version}, "
                             f"but it sits in {name}/{version}"
                         )
+                    await model.batcher.start()
                 except Exception as exc:
                     self._refused[key] = stamp
                     log.warning("refusing model %s/%s (not served): %s", name, version, exc)
                     continue
-                self.models.add(tagger)
+                self.models.add(model)
                 added.append(key)
                 log.info("model %s/%s loaded from the repository and warm", name, version)
         self.metrics.set_models(
-            [(t.name, t.version, t.meta.arch, t is self.models.get()) for t in self.models.all()]
+            [(m.name, m.version, m.meta.arch, m is self.models.get()) for m in self.models.all()]
         )
         return added
 
@@ -173,14 +185,24 @@ class VidtagServer:
         repo = self.config.model_repository
         return Path(repo) if repo is not None else default_repository()
 
-    def _load_dir(self, model_dir: Path) -> Tagger:
+    def _serve_model(self, tagger: Tagger) -> ServedModel:
+        cfg = self.config
+        batching = BatcherConfig(
+            max_batch_size=cfg.max_batch_size,
+            max_queue_delay_microseconds=cfg.max_queue_delay_microseconds,
+            max_queue_size=cfg.max_queue_size,
+        )
+        return ServedModel(tagger, batching, self.inference_executor, self.metrics)
+
+    def _load_dir(self, model_dir: Path) -> ServedModel:
         from vidtag.runtime.tagger import Tagger
 
         tagger = Tagger(
             model_dir, limits=_limits(self.config), threads=self.config.inference_threads
         )
-        tagger.warmup()
-        return tagger
+        model = self._serve_model(tagger)
+        model.warmup()
+        return model
 
     async def _watch(self) -> None:
         while True:
@@ -206,7 +228,10 @@ class VidtagServer:
         if self._server is not None:
             await self._server.stop(grace)
         # Requests still queued were cancelled with their RPCs; do not wait on running decodes.
+        for model in self.models.all():
+            await model.batcher.stop(drain=False)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.inference_executor.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")

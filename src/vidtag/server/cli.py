@@ -83,7 +83,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_D.workers,
         metavar="N",
-        help="requests decoded and inferred at once; more wait in a queue (default: %(default)s)",
+        help="requests decoded at once; more wait in a queue (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=_D.max_batch_size,
+        metavar="N",
+        help="dynamic batching: most requests per inference batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue-delay-microseconds",
+        type=int,
+        default=_D.max_queue_delay_microseconds,
+        metavar="US",
+        help="dynamic batching: how long the oldest waiting request may wait for batch-mates; "
+        "0 runs whatever is queued at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=_D.max_queue_size,
+        metavar="N",
+        help="dynamic batching: requests waiting for a batch; more are refused with "
+        "RESOURCE_EXHAUSTED (default: %(default)s)",
     )
     parser.add_argument(
         "--inference-threads",
@@ -143,6 +166,9 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "max_stream_mb": ("max_stream_bytes", lambda mb: int(mb * MiB)),
     "grace_s": ("grace_s", None),
     "workers": ("workers", None),
+    "max_batch_size": ("max_batch_size", None),
+    "max_queue_delay_microseconds": ("max_queue_delay_microseconds", None),
+    "max_queue_size": ("max_queue_size", None),
     "inference_threads": ("inference_threads", None),
     "max_concurrent_rpcs": ("max_concurrent_rpcs", None),
     "log_level": ("log_level", None),

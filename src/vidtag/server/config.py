@@ -29,8 +29,12 @@ class ServeConfig:
     max_stream_bytes: int = 256 * MiB
     # How long in-flight RPCs get to finish after SIGTERM before they are cancelled.
     grace_s: float = 10.0
-    # Threads that run whole requests (decode + inference) off the event loop.
+    # Threads that decode (and preprocess) requests off the event loop.
     workers: int = 2
+    # Dynamic batching per model, with Triton's names and meaning.
+    max_batch_size: int = 8
+    max_queue_delay_microseconds: int = 0
+    max_queue_size: int = 64  # waiting for a batch; beyond: RESOURCE_EXHAUSTED
     # Intra-op threads of the inference runtime; None = the runtime's own choice.
     inference_threads: int | None = None
     # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
@@ -45,9 +49,19 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("max_receive_bytes", "max_send_bytes", "max_stream_bytes", "workers"):
+        for name in (
+            "max_receive_bytes",
+            "max_send_bytes",
+            "max_stream_bytes",
+            "workers",
+            "max_batch_size",
+            "max_queue_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_delay_microseconds < 0:
+            delay = self.max_queue_delay_microseconds
+            raise ValueError(f"max_queue_delay_microseconds must be >= 0, got {delay}")
         if self.repository_poll_s < 0:
             raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
         if self.grace_s < 0:

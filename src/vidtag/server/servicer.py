@@ -1,4 +1,4 @@
-"""The VideoTagger servicer: protobuf <-> domain translation around `Tagger.tag`, nothing more.
+"""The VideoTagger servicer: protobuf <-> domain translation around the served models' pipeline.
 
 Numerics (decode, preprocessing, inference, thresholds, ranking) all live in `vidtag.runtime`;
 this module picks the model, moves the blocking call off the event loop, maps errors to status
@@ -8,12 +8,10 @@ codes and writes one access-log line per RPC.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -29,7 +27,8 @@ from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from vidtag.runtime.artifact import ArtifactMeta
-    from vidtag.runtime.tagger import Tagger, TagResult
+    from vidtag.runtime.tagger import TagResult
+    from vidtag.server.pipeline import DecodeStage, ServedModel
 
 access_log = logging.getLogger("vidtag.server.access")
 T = TypeVar("T")
@@ -47,13 +46,13 @@ class ModelSet:
     """
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[str, str], Tagger] = {}
+        self._by_key: dict[tuple[str, str], ServedModel] = {}
         self._default_name: str | None = None
 
-    def add(self, tagger: Tagger, *, default: bool = False) -> None:
-        self._by_key[(tagger.name, tagger.version)] = tagger
+    def add(self, model: ServedModel, *, default: bool = False) -> None:
+        self._by_key[(model.name, model.version)] = model
         if default or self._default_name is None:
-            self._default_name = tagger.name
+            self._default_name = model.name
 
     @property
     def ready(self) -> bool:
@@ -62,14 +61,14 @@ class ModelSet:
     def loaded(self) -> list[tuple[str, str]]:
         return sorted(self._by_key, key=lambda k: (k[0], version_key(k[1])))
 
-    def all(self) -> list[Tagger]:
+    def all(self) -> list[ServedModel]:
         return [self._by_key[k] for k in self.loaded()]
 
-    def latest(self, name: str) -> Tagger | None:
+    def latest(self, name: str) -> ServedModel | None:
         versions = [k for k in self.loaded() if k[0] == name]
         return self._by_key[versions[-1]] if versions else None
 
-    def get(self, name: str = "", version: str = "") -> Tagger:
+    def get(self, name: str = "", version: str = "") -> ServedModel:
         if self._default_name is None:
             raise RpcFailure(
                 grpc.StatusCode.UNAVAILABLE, "no model loaded yet; retry when health is SERVING"
@@ -139,7 +138,7 @@ def _before(deadline: float | None, fn: Callable[[], T]) -> T:
 
 
 def request_options(request: pb.TagVideoRequest) -> tuple[int | None, float | None]:
-    """`(top_k, threshold)` for `Tagger.tag`; None where the request leaves it to the model."""
+    """`(top_k, threshold)` for the decision rule; None where the request leaves it to the model."""
     top_k = request.top_k if request.HasField("top_k") and request.top_k > 0 else None
     threshold: float | None = None
     if request.HasField("threshold"):
@@ -204,20 +203,22 @@ def meta_to_proto(meta: ArtifactMeta) -> pb.ModelInfo:
 class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
     """grpc.aio implementation of `vidtag.v1.VideoTagger`.
 
-    `executor` runs the blocking `Tagger.tag` calls; its size bounds how many requests decode
-    and infer at once (the rest wait in its queue, and are dropped there if their deadline passes).
+    Per request: `decode` (bytes -> preprocessed input, off the event loop; a request whose
+    deadline passed while it waited is dropped there), then the model's dynamic batcher, then the
+    decision rule. The response's timings split the server-side time into decode, queue
+    (waiting for a decoder and for a batch), inference and postprocess.
     """
 
     def __init__(
         self,
         models: ModelSet,
-        executor: Executor,
+        decode: DecodeStage,
         max_stream_bytes: int = 256 * 1024 * 1024,
         metrics: Metrics | None = None,
     ) -> None:
         self.models = models
         self.metrics = metrics or Metrics()
-        self._executor = executor
+        self._decode = decode
         self.max_stream_bytes = max_stream_bytes
         self.in_flight = 0  # TagVideo calls accepted and not yet answered
 
@@ -268,25 +269,22 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                     if not video:
                         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "video is empty")
                     top_k, threshold = request_options(request)
-                    tagger = self.models.get(request.model_name, request.model_version)
-                    rec.model = f"{tagger.name}/{tagger.version}"
-                    work = functools.partial(tagger.tag, video, top_k=top_k, threshold=threshold)
-                    started: list[float] = []
-
-                    def job() -> TagResult:
-                        started.append(time.perf_counter())
-                        return _before(deadline, work)
-
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self._executor, job)
-                    queued = started[0] - t_rpc
-                    result.timings["queue"] = queued
-                    self.metrics.observe_stages(
-                        {**result.timings, "total": time.perf_counter() - t_rpc}
-                    )
+                    model = self.models.get(request.model_name, request.model_version)
+                    rec.model = f"{model.name}/{model.version}"
+                    clip, x, decode_s = await self._decode(video, model, deadline)
+                    t_decoded = time.perf_counter()
+                    scores, emb, batch, infer_s = await model.batcher.submit(x, deadline)
+                    t_inferred = time.perf_counter()
+                    inference = float(infer_s[()])
+                    waited = (t_decoded - t_rpc - decode_s) + (t_inferred - t_decoded - inference)
+                    timings = {"decode": decode_s, "inference": inference, "queue": waited}
+                    result = model.tagger.result(clip, scores, emb, timings, top_k, threshold)
+                    t_done = time.perf_counter()
+                    timings.update(postprocess=t_done - t_inferred, total=t_done - t_rpc)
+                    self.metrics.observe_stages(timings)
                     response = result_to_proto(result, return_embedding=request.return_embedding)
-                    response.timings.queue_ms = queued * 1000.0
-                    response.timings.batch_size = 1
+                    response.timings.queue_ms = timings["queue"] * 1000.0
+                    response.timings.batch_size = int(batch[()])
                     return response
                 except Exception as exc:
                     rec.status = status_for(exc)[0].name
@@ -311,9 +309,9 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
     ) -> pb.ModelInfo:
         with _access_logged("GetModelInfo", context, 0, self.metrics) as rec:
             try:
-                tagger = self.models.get(request.model_name, request.model_version)
-                rec.model = f"{tagger.name}/{tagger.version}"
-                return meta_to_proto(tagger.meta)
+                model = self.models.get(request.model_name, request.model_version)
+                rec.model = f"{model.name}/{model.version}"
+                return meta_to_proto(model.meta)
             except Exception as exc:
                 rec.status = status_for(exc)[0].name
                 await abort_with(context, exc, method="GetModelInfo")

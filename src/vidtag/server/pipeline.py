@@ -1,0 +1,100 @@
+"""One served model: decode stage -> dynamic batcher -> decision rule, with per-stage timings.
+
+The batched call returns, besides scores and embeddings, each row's batch size and the batch's
+inference seconds, so every response can say which batch it ran in without the batcher knowing
+about timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import replace
+
+import grpc
+import numpy as np
+
+from vidtag.decode import DecodedClip
+from vidtag.runtime.preprocess import preprocess
+from vidtag.runtime.tagger import Tagger
+from vidtag.server.batcher import BatcherConfig, DynamicBatcher
+from vidtag.server.errors import RpcFailure
+from vidtag.server.metrics import Metrics
+
+Decoded = tuple[DecodedClip, np.ndarray, float]  # clip, preprocessed (3,T,H,W), decode seconds
+DecodeStage = Callable[[bytes, "ServedModel", float | None], Awaitable[Decoded]]
+
+
+class _MetricsObserver:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def on_batch(self, size: int, infer_seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+
+    def on_dequeue(self, queue_seconds: float) -> None:
+        return None
+
+    def on_reject(self, reason: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+
+
+class ServedModel:
+    """A loaded model and its batcher; lives on the server's event loop."""
+
+    def __init__(
+        self,
+        tagger: Tagger,
+        batching: BatcherConfig,
+        executor: Executor,
+        metrics: Metrics,
+    ) -> None:
+        self.tagger = tagger
+        self.name, self.version, self.meta = tagger.name, tagger.version, tagger.meta
+        spec = tagger.meta.input
+        config = replace(
+            batching,
+            input_shape=(3, spec.frames, spec.height, spec.width),
+            input_dtype="float32",
+        )
+        self.batcher = DynamicBatcher(
+            self._infer,
+            config,
+            executor=executor,
+            name=f"{self.name}/{self.version}",
+            observer=_MetricsObserver(metrics),
+        )
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        t0 = time.perf_counter()
+        scores, emb = self.tagger.infer(batch)
+        n = len(batch)
+        return scores, emb, np.full(n, n), np.full(n, time.perf_counter() - t0)
+
+    def warmup(self) -> None:
+        """Decode and infer once, then infer once at the largest batch (blocking)."""
+        self.tagger.warmup()
+        spec = self.meta.input
+        largest = self.batcher.config.largest_batch
+        self.tagger.infer(np.zeros((largest, 3, spec.frames, spec.height, spec.width), np.float32))
+
+    def decode_here(self, video: bytes, deadline: float | None) -> Decoded:
+        """Decode and preprocess in the calling thread (the in-process decode stage)."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while queued")
+        t0 = time.perf_counter()
+        clip = self.tagger.decode(video)
+        x = preprocess(clip.frames, self.meta.input)
+        return clip, x, time.perf_counter() - t0
+
+
+def thread_decode_stage(executor: Executor) -> DecodeStage:
+    """Decode in `executor`'s threads (FFmpeg releases the GIL)."""
+
+    async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, model.decode_here, video, deadline)
+
+    return stage
