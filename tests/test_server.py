@@ -270,6 +270,24 @@ def test_new_versions_are_picked_up_and_broken_ones_refused(
             c.tag(clip_bytes, model_version="3")
 
 
+def test_a_crashing_decoder_fails_only_its_request(
+    model_repo: Path, clip_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIDTAG_TEST_CRASH_MARKER", "CRASH!")
+    cfg = make_config(model_repo, decode_processes=True, workers=2)
+    with running_server(cfg) as (srv, _), VidtagClient(f"127.0.0.1:{srv.port}") as c:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            good = [pool.submit(c.tag, clip_bytes) for _ in range(5)]
+            bad = pool.submit(c.tag, b"CRASH!segv:" + clip_bytes)
+            assert all(f.result().tags for f in good)
+            with pytest.raises(grpc.RpcError) as err:
+                bad.result()
+        assert err.value.code() is grpc.StatusCode.INTERNAL
+        assert "crashed" in (err.value.details() or "")
+        assert c.health() == "SERVING" and c.tag(clip_bytes).tags
+        assert srv.decode_pool is not None and srv.decode_pool.restarts == 1
+
+
 # ---------------------------------------------------------------- health, reflection
 
 

@@ -23,8 +23,9 @@ from vidtag.decode.limits import DecodeLimits
 from vidtag.errors import ModelError
 from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
+from vidtag.server.decode_pool import DecodePool, DecodePoolConfig
 from vidtag.server.metrics import Metrics
-from vidtag.server.pipeline import ServedModel, thread_decode_stage
+from vidtag.server.pipeline import ServedModel, pool_decode_stage, thread_decode_stage
 from vidtag.server.servicer import SERVICE_NAME, ModelSet, VideoTaggerServicer
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
@@ -82,8 +83,27 @@ class VidtagServer:
         self.inference_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="vidtag-inference"
         )
+        self.decode_pool: DecodePool | None = None
+        if config.decode_processes:
+            self.decode_pool = DecodePool(
+                DecodePoolConfig(
+                    workers=config.workers,
+                    max_pending=config.decode_queue_size,
+                    task_timeout_s=2 * _limits(config).max_decode_s,
+                )
+            )
+            stage = pool_decode_stage(self.decode_pool, _limits(config))
+        else:
+            stage = thread_decode_stage(self.executor)
         self.servicer = VideoTaggerServicer(
-            self.models, thread_decode_stage(self.executor), config.max_stream_bytes, self.metrics
+            self.models, stage, config.max_stream_bytes, self.metrics
+        )
+        pool = self.decode_pool
+        self.metrics.queue_depth.labels("decode").set_function(
+            lambda: float(pool.pending if pool is not None else 0)
+        )
+        self.metrics.worker_restarts.set_function(
+            lambda: float(pool.restarts if pool is not None else 0)
         )
         self.metrics.queue_depth.labels("batch").set_function(
             lambda: float(sum(m.batcher.queue_depth for m in self.models.all()))
@@ -129,6 +149,8 @@ class VidtagServer:
         version in the repository (a broken one is refused with a log line), then report
         SERVING and keep watching the repository for new versions."""
         loop = asyncio.get_running_loop()
+        if self.decode_pool is not None:
+            await self.decode_pool.start()
         tagger = await loop.run_in_executor(self.executor, load_tagger, self.config)
         model = self._serve_model(tagger)
         await loop.run_in_executor(self.executor, model.warmup)
@@ -230,6 +252,8 @@ class VidtagServer:
         # Requests still queued were cancelled with their RPCs; do not wait on running decodes.
         for model in self.models.all():
             await model.batcher.stop(drain=False)
+        if self.decode_pool is not None:
+            await self.decode_pool.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.inference_executor.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()

@@ -86,6 +86,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests decoded at once; more wait in a queue (default: %(default)s)",
     )
     parser.add_argument(
+        "--decode-processes",
+        type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+        default=_D.decode_processes,
+        metavar="BOOL",
+        help="decode in worker processes, so an FFmpeg crash fails only its request and the "
+        "worker is replaced; false decodes in threads (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--decode-queue-size",
+        type=int,
+        default=_D.decode_queue_size,
+        metavar="N",
+        help="requests waiting for a decoder; more are refused with RESOURCE_EXHAUSTED "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         default=_D.max_batch_size,
@@ -166,6 +182,8 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "max_stream_mb": ("max_stream_bytes", lambda mb: int(mb * MiB)),
     "grace_s": ("grace_s", None),
     "workers": ("workers", None),
+    "decode_processes": ("decode_processes", None),
+    "decode_queue_size": ("decode_queue_size", None),
     "max_batch_size": ("max_batch_size", None),
     "max_queue_delay_microseconds": ("max_queue_delay_microseconds", None),
     "max_queue_size": ("max_queue_size", None),

@@ -29,8 +29,12 @@ class ServeConfig:
     max_stream_bytes: int = 256 * MiB
     # How long in-flight RPCs get to finish after SIGTERM before they are cancelled.
     grace_s: float = 10.0
-    # Threads that decode (and preprocess) requests off the event loop.
+    # Decoders working at once (processes, or threads without process isolation).
     workers: int = 2
+    # Decode in worker processes: an FFmpeg crash fails only its request and the worker is
+    # replaced. False decodes in threads of the server process (no isolation, no IPC).
+    decode_processes: bool = True
+    decode_queue_size: int = 64  # waiting for a decoder; beyond: RESOURCE_EXHAUSTED
     # Dynamic batching per model, with Triton's names and meaning.
     max_batch_size: int = 8
     max_queue_delay_microseconds: int = 0
@@ -56,6 +60,7 @@ class ServeConfig:
             "workers",
             "max_batch_size",
             "max_queue_size",
+            "decode_queue_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

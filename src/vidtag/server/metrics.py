@@ -47,8 +47,10 @@ class Metrics:
         self.rejected = Counter(
             "vidtag_rejected", "Requests shed before any work, by reason.", ["reason"], registry=r
         )
-        self.worker_restarts = Counter(
-            "vidtag_decode_worker_restarts", "Decode worker processes replaced.", registry=r
+        self.worker_restarts = Gauge(
+            "vidtag_decode_worker_restarts",
+            "Decode worker processes replaced after a crash or hang (monotonic).",
+            registry=r,
         )
         self.model_info = Gauge(
             "vidtag_model_info", "Loaded models (value 1), with their identity as labels.",

@@ -16,10 +16,11 @@ from dataclasses import replace
 import grpc
 import numpy as np
 
-from vidtag.decode import DecodedClip
+from vidtag.decode import DecodedClip, DecodeLimits
 from vidtag.runtime.preprocess import preprocess
 from vidtag.runtime.tagger import Tagger
 from vidtag.server.batcher import BatcherConfig, DynamicBatcher
+from vidtag.server.decode_pool import DecodePool
 from vidtag.server.errors import RpcFailure
 from vidtag.server.metrics import Metrics
 
@@ -96,5 +97,16 @@ def thread_decode_stage(executor: Executor) -> DecodeStage:
     async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, model.decode_here, video, deadline)
+
+    return stage
+
+
+def pool_decode_stage(pool: DecodePool, limits: DecodeLimits) -> DecodeStage:
+    """Decode and preprocess in the pool's worker processes (a crash fails one request only)."""
+
+    async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+        res = await pool.decode(video, model.tagger.spec, limits, model.meta.input, deadline)
+        assert res.input is not None
+        return res.clip, res.input, res.clip.seconds
 
     return stage

@@ -1,0 +1,646 @@
+"""Decode (and optionally preprocess) untrusted uploads in worker processes.
+
+A segfault, abort or hang inside FFmpeg kills one worker, not the server: the request that worker
+was decoding fails with INTERNAL, the pool spawns a replacement, and every other request carries
+on. This is deliberately not `concurrent.futures.ProcessPoolExecutor`, where one dead worker
+breaks the executor and fails every pending future.
+
+Layout: N processes from the 'spawn' context (forking a process that has imported PyAV has hung
+elsewhere), each with two one-way pipes and one task at a time. The asyncio side keeps a bounded
+queue and hands tasks to idle workers. Per worker, a writer thread sends the pickled task (a
+worker that stops reading can never block the event loop) and a reader thread blocks on the
+result pipe, unpickles replies off the loop and posts them with `call_soon_threadsafe`; EOF on
+that pipe means the process exited, and the reader reaps it and reports the exit status.
+
+Status codes (as `RpcFailure`): pool full -> RESOURCE_EXHAUSTED; the request's own deadline passed
+(while queued or while decoding) -> DEADLINE_EXCEEDED; worker crashed or exceeded
+`task_timeout_s` -> INTERNAL (both are failures of the decoder on this input, not of the caller's
+deadline; a hung worker is killed and replaced); pool not running or stopping -> UNAVAILABLE.
+Exceptions raised in the worker (InvalidVideo, LimitExceeded, ...) are re-raised in the caller
+with the same type and message, or as RuntimeError("<type>: <message>") when they do not pickle.
+
+Test hook: when the environment variable VIDTAG_TEST_CRASH_MARKER is set at `start()`, inputs
+that begin with its value followed by a command make the worker misbehave: `kill:` (SIGKILL
+itself), `segv:` (SIGSEGV), `exit:` (exit code 3), `hang:` (sleep forever), `sleep=S:` (sleep S
+seconds, then decode the rest of the input). Without the variable, no input is treated specially.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import io
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Final
+
+import grpc
+import numpy as np
+
+from vidtag.decode.limits import DecodeLimits
+from vidtag.decode.result import DecodedClip
+from vidtag.decode.spec import SamplingSpec
+from vidtag.runtime.artifact import InputSpec
+from vidtag.server.errors import RpcFailure
+
+log = logging.getLogger(__name__)
+
+TEST_CRASH_MARKER_ENV: Final = "VIDTAG_TEST_CRASH_MARKER"
+_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+
+
+@dataclass(frozen=True)
+class DecodePoolConfig:
+    """Sizing and limits of a DecodePool."""
+
+    workers: int = 2  # processes
+    max_pending: int = 64  # requests waiting for a worker; beyond that RESOURCE_EXHAUSTED
+    task_timeout_s: float = 10.0  # a worker busy longer on one task is killed (INTERNAL)
+    max_tasks_per_worker: int = 0  # >0: replace a worker after that many tasks (bounds leaks)
+    start_timeout_s: float = 60.0  # start() fails if a worker is not ready by then
+    warmup: bool = True  # each worker decodes a tiny in-memory clip before it takes work
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_pending < 0 or self.max_tasks_per_worker < 0:
+            raise ValueError(f"invalid decode pool config: {self}")
+        if self.task_timeout_s <= 0 or self.start_timeout_s <= 0:
+            raise ValueError(f"invalid decode pool config: {self}")
+
+
+@dataclass(frozen=True)
+class DecodedResult:
+    """A decode done in a worker. `input` is the preprocessed (3, T, H, W) float32 tensor when an
+    InputSpec was given; then, unless `keep_frames` was asked for, `clip.frames` is an empty
+    (0, H, W, 3) array, so the frames do not cross the pipe as well."""
+
+    clip: DecodedClip
+    input: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------
+# Worker process side. Replies: ("ready", pid) | ("ok", task_id, clip, input)
+# | ("err", task_id, pickled exception or None, type name, message, formatted traceback).
+
+
+def _worker_main(
+    tasks: Connection, results: Connection, marker: bytes | None, warmup: bool
+) -> None:
+    # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from vidtag.decode import sample_frames
+    from vidtag.runtime.preprocess import preprocess
+
+    if warmup:
+        _warm_up()
+    results.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = tasks.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        except Exception as exc:  # a task that does not unpickle here
+            results.send(("err", None, *_pack_error(exc)))
+            continue
+        if msg is None:
+            return
+        task_id, data, spec, limits, input_spec, backend, keep_frames = msg
+        try:
+            if marker is not None and data.startswith(marker):
+                data = _test_hook(data[len(marker) :])
+            clip = sample_frames(data, spec, limits, backend)
+            x = None
+            if input_spec is not None:
+                x = preprocess(clip.frames, input_spec)
+                if not keep_frames:
+                    empty = np.empty((0, *clip.frames.shape[1:]), dtype=np.uint8)
+                    clip = dataclasses.replace(clip, frames=empty)
+            reply: tuple[Any, ...] = ("ok", task_id, clip, x)
+        except Exception as exc:
+            reply = ("err", task_id, *_pack_error(exc))
+        try:
+            results.send(reply)
+        except (BrokenPipeError, EOFError):
+            return
+        except Exception as exc:  # the reply does not pickle
+            results.send(("err", task_id, *_pack_error(exc)))
+
+
+def _pack_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    tb = "".join(traceback.format_exception(exc))
+    blob: bytes | None = None
+    with contextlib.suppress(Exception):
+        candidate = pickle.dumps(exc, protocol=_PROTOCOL)
+        back = pickle.loads(candidate)
+        if type(back) is type(exc) and str(back) == str(exc):
+            blob = candidate
+    return blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb
+
+
+def _unpack_error(blob: bytes | None, name: str, text: str, tb: str, pid: int) -> BaseException:
+    exc: BaseException | None = None
+    if blob is not None:
+        with contextlib.suppress(Exception):
+            exc = pickle.loads(blob)
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(f"{name}: {text}")
+    exc.add_note(f"raised in decode worker {pid}:\n{tb.rstrip()}")
+    return exc
+
+
+def _test_hook(rest: bytes) -> bytes:
+    command, _, data = rest.partition(b":")
+    name, _, arg = command.partition(b"=")
+    if name == b"kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif name == b"segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif name == b"exit":
+        os._exit(3)
+    elif name == b"hang":
+        while True:
+            time.sleep(3600)
+    elif name == b"sleep":
+        time.sleep(float(arg))
+    return data
+
+
+def _warm_up() -> None:
+    """Encode and decode a tiny clip: the first decode in a process costs several warm ones."""
+    from vidtag.decode import sample_frames
+
+    try:
+        import av
+
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=8)
+            stream.width = stream.height = 32
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"preset": "ultrafast", "g": "4"}
+            for i in range(8):
+                img = np.full((32, 32, 3), 30 + 20 * i, dtype=np.uint8)
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            out.mux(stream.encode())
+        sample_frames(buf.getvalue(), SamplingSpec(frames=2, height=16, width=16))
+    except Exception:  # no encoder in this FFmpeg build: skip, the first request pays instead
+        return
+
+
+# --------------------------------------------------------------------------------------------
+# Event-loop side.
+
+
+@dataclass(eq=False)
+class _Task:
+    id: int
+    payload: bytes  # the pickled task message
+    future: asyncio.Future[DecodedResult]
+    deadline: float | None  # time.monotonic()
+    deadline_timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    pid: int
+    tasks: Connection  # parent's write end
+    results: Connection  # parent's read end
+    ready: asyncio.Future[None]
+    writer: ThreadPoolExecutor  # one thread: sends in order, then closes `tasks`
+    reader: threading.Thread | None = None
+    task: _Task | None = None
+    timer: asyncio.TimerHandle | None = None
+    done: int = 0
+    retiring: bool = False  # recycled: finishes nothing more, exits on its own
+    killed: bool = False  # killed for a timeout; its task has been failed already
+    closed: bool = False
+
+    @property
+    def serving(self) -> bool:
+        return (
+            self.ready.done()
+            and not self.ready.cancelled()
+            and self.ready.exception() is None
+            and not (self.retiring or self.killed or self.closed)
+        )
+
+    @property
+    def idle(self) -> bool:
+        return self.serving and self.task is None
+
+
+def _send(conn: Connection, payload: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):  # worker gone: its reader reports the exit
+        conn.send_bytes(payload)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {-code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class DecodePool:
+    """Worker processes that decode uploads; see the module docstring for the failure model.
+
+    `start`, `decode` and `stop` must be awaited on one event loop. `decode` is safe to cancel:
+    a queued task is dropped, a running one finishes in its worker and its result is discarded.
+    """
+
+    def __init__(self, config: DecodePoolConfig | None = None) -> None:
+        self.config = config or DecodePoolConfig()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[_Worker] = []
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._marker: bytes | None = None
+        self._next_id = 0
+        self._running = False
+        self._stopping = False
+        self._start_failures = 0  # consecutive replacements that died before becoming ready
+        self._restarts = 0
+        self._recycled = 0
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    @property
+    def workers_alive(self) -> int:
+        """Workers that are ready and take tasks (idle or busy)."""
+        return sum(1 for w in self._workers if w.serving)
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced after a crash, a kill (timeout or external) or a failed start."""
+        return self._restarts
+
+    @property
+    def recycled(self) -> int:
+        """Workers replaced after `max_tasks_per_worker` tasks."""
+        return self._recycled
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for w in self._workers if w.task is not None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def worker_pids(self) -> tuple[int, ...]:
+        return tuple(w.pid for w in self._workers if not w.closed)
+
+    @property
+    def busy_pids(self) -> tuple[int, ...]:
+        return tuple(w.pid for w in self._workers if w.task is not None)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the workers and wait until each has imported the decoder (and warmed up)."""
+        if self._loop is not None:
+            raise RuntimeError("a DecodePool can be started once")
+        self._loop = asyncio.get_running_loop()
+        marker = os.environ.get(TEST_CRASH_MARKER_ENV)
+        self._marker = marker.encode() if marker else None
+        if self._marker is not None:
+            log.warning("decode pool test hook is on (%s is set)", TEST_CRASH_MARKER_ENV)
+        self._running = True
+        try:
+            first = [self._spawn() for _ in range(self.config.workers)]
+            await asyncio.wait_for(
+                asyncio.gather(*(w.ready for w in first)), self.config.start_timeout_s
+            )
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, TimeoutError):
+                raise RuntimeError(
+                    f"decode workers not ready after {self.config.start_timeout_s:g} s"
+                ) from exc
+            raise
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Fail queued and running requests with UNAVAILABLE and end every worker process
+        (SIGTERM, then SIGKILL after `timeout` seconds)."""
+        if not self._running:
+            return
+        self._running = False
+        self._stopping = True
+        gone = RpcFailure(grpc.StatusCode.UNAVAILABLE, "decode pool is shutting down")
+        while self._queue:
+            self._fail(self._queue.popleft(), gone)
+        workers = list(self._workers)
+        for w in workers:
+            if w.task is not None:
+                self._fail(w.task, gone)
+                w.task = None
+            self._cancel_timer(w)
+            with contextlib.suppress(Exception):
+                w.process.terminate()
+        await asyncio.to_thread(_reap, workers, timeout)
+        for w in workers:
+            self._close(w)
+        self._workers.clear()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def decode(
+        self,
+        data: bytes,
+        spec: SamplingSpec,
+        limits: DecodeLimits,
+        input_spec: InputSpec | None = None,
+        deadline: float | None = None,
+        *,
+        keep_frames: bool = False,
+        backend: str = "pyav",
+    ) -> DecodedResult:
+        """Decode `data` in a worker; with `input_spec`, also preprocess there.
+
+        `deadline` is on the `time.monotonic()` clock. Raises RpcFailure (see the module
+        docstring) or the worker's own exception.
+        """
+        loop = self._loop
+        if not self._running or loop is None:
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "decode pool is not running")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise RpcFailure(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before work began"
+            )
+        if len(self._queue) >= self.config.max_pending and self._idle() is None:
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all {self.config.workers} decode workers are busy and "
+                f"{len(self._queue)} requests are waiting; try again later",
+            )
+        self._next_id += 1
+        message = (self._next_id, data, spec, limits, input_spec, backend, keep_frames)
+        task = _Task(
+            self._next_id, pickle.dumps(message, _PROTOCOL), loop.create_future(), deadline
+        )
+        if deadline is not None:
+            task.deadline_timer = loop.call_later(
+                max(deadline - time.monotonic(), 0.0), self._on_deadline, task
+            )
+        self._queue.append(task)
+        self._dispatch()
+        try:
+            return await task.future
+        finally:
+            if task.deadline_timer is not None:
+                task.deadline_timer.cancel()
+            if task.future.cancelled() and task in self._queue:
+                self._queue.remove(task)
+
+    def _idle(self) -> _Worker | None:
+        return next((w for w in self._workers if w.idle), None)
+
+    def _dispatch(self) -> None:
+        while self._queue and (worker := self._idle()) is not None:
+            task = self._queue.popleft()
+            if task.future.done():
+                continue
+            if task.deadline is not None and time.monotonic() >= task.deadline:
+                self._fail(task, RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, _QUEUED_LATE))
+                continue
+            assert self._loop is not None
+            worker.task = task
+            worker.timer = self._loop.call_later(
+                self.config.task_timeout_s, self._on_timeout, worker, task
+            )
+            worker.writer.submit(_send, worker.tasks, task.payload)
+            task.payload = b""
+
+    def _on_deadline(self, task: _Task) -> None:
+        if task.future.done():
+            return
+        if task in self._queue:
+            self._queue.remove(task)
+            self._fail(task, RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, _QUEUED_LATE))
+        else:  # running: the worker finishes it (bounded by task_timeout_s); nobody waits
+            self._fail(
+                task,
+                RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while decoding"),
+            )
+
+    def _on_timeout(self, worker: _Worker, task: _Task) -> None:
+        if worker.task is not task:
+            return
+        worker.task, worker.timer, worker.killed = None, None, True
+        seconds = self.config.task_timeout_s
+        log.error("decode worker %d took over %g s on one input; killing it", worker.pid, seconds)
+        self._fail(
+            task,
+            RpcFailure(
+                grpc.StatusCode.INTERNAL,
+                f"decoding this input took longer than {seconds:g} s; "
+                "the decode worker was killed and replaced",
+            ),
+        )
+        with contextlib.suppress(Exception):
+            worker.process.kill()  # the reader sees EOF; _on_exit spawns the replacement
+
+    # -- worker events (posted by reader threads) -------------------------------------------
+
+    def _on_ready(self, worker: _Worker) -> None:
+        if not worker.ready.done():
+            worker.ready.set_result(None)
+        self._start_failures = 0
+        self._dispatch()
+
+    def _on_reply(self, worker: _Worker, task_id: int | None, outcome: Any) -> None:
+        task = worker.task
+        if task is None or (task_id is not None and task.id != task_id):
+            return  # a reply for a task already failed (timeout) or from a stopped pool
+        self._cancel_timer(worker)
+        worker.task = None
+        worker.done += 1
+        if isinstance(outcome, BaseException):
+            self._fail(task, outcome)
+        elif not task.future.done():
+            task.future.set_result(outcome)
+        limit = self.config.max_tasks_per_worker
+        if limit and worker.done >= limit and self._running:
+            worker.retiring = True
+            worker.writer.submit(_send, worker.tasks, pickle.dumps(None, _PROTOCOL))
+            self._recycled += 1
+            self._replace()
+        self._dispatch()
+
+    def _on_exit(self, worker: _Worker, exitcode: int | None) -> None:
+        if worker not in self._workers:
+            return
+        self._workers.remove(worker)
+        self._cancel_timer(worker)
+        self._close(worker)
+        task, worker.task = worker.task, None
+        how = _describe_exit(exitcode)
+        started = worker.ready.done()
+        if not started:
+            worker.ready.set_exception(
+                RuntimeError(f"decode worker {worker.pid} exited during start-up ({how})")
+            )
+            worker.ready.exception()  # retrieved: only start() may be waiting on it
+        if self._stopping:
+            if task is not None:
+                self._fail(task, RpcFailure(grpc.StatusCode.UNAVAILABLE, "decode pool stopped"))
+            return
+        if worker.retiring:
+            return
+        if task is not None:
+            log.warning("decode worker %d crashed (%s) on a request; replacing it", worker.pid, how)
+            self._fail(
+                task,
+                RpcFailure(
+                    grpc.StatusCode.INTERNAL,
+                    f"decode worker crashed ({how}) while decoding this input; it was replaced",
+                ),
+            )
+        elif started and not worker.killed:
+            log.warning("decode worker %d exited (%s) while idle; replacing it", worker.pid, how)
+        self._restarts += 1
+        if started:
+            self._replace()
+        else:
+            self._start_failures += 1
+            delay = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
+            log.error("decode worker failed to start (%s); retrying in %g s", how, delay)
+            self._schedule_replace(delay)
+        self._dispatch()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _replace(self) -> None:
+        if not self._running:
+            return
+        try:
+            self._spawn()
+        except Exception:
+            self._start_failures += 1
+            delay = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
+            log.exception("could not spawn a decode worker; retrying in %g s", delay)
+            self._schedule_replace(delay)
+
+    def _schedule_replace(self, delay: float) -> None:
+        assert self._loop is not None
+        self._loop.call_later(delay, self._replace)  # a no-op once stop() has begun
+
+    def _spawn(self) -> _Worker:
+        assert self._loop is not None
+        ctx = multiprocessing.get_context("spawn")
+        task_r, task_w = ctx.Pipe(duplex=False)
+        result_r, result_w = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=_worker_main,
+            args=(task_r, result_w, self._marker, self.config.warmup),
+            name="vidtag-decode",
+            daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            task_r.close()  # the child holds its own copies: EOF now means the child exited
+            result_w.close()
+        assert process.pid is not None
+        worker = _Worker(
+            process=process,
+            pid=process.pid,
+            tasks=task_w,
+            results=result_r,
+            ready=self._loop.create_future(),
+            writer=ThreadPoolExecutor(1, thread_name_prefix=f"decode-send-{process.pid}"),
+        )
+        worker.reader = threading.Thread(
+            target=self._read, args=(worker,), name=f"decode-recv-{process.pid}", daemon=True
+        )
+        self._workers.append(worker)
+        worker.reader.start()
+        return worker
+
+    def _read(self, worker: _Worker) -> None:
+        """Reader thread: post every reply, then the exit status once the pipe reaches EOF."""
+        conn = worker.results
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # a reply that does not unpickle here
+                self._post(self._on_reply, worker, None, RuntimeError(f"unreadable reply: {exc}"))
+                continue
+            kind = msg[0]
+            if kind == "ready":
+                self._post(self._on_ready, worker)
+            elif kind == "ok":
+                self._post(self._on_reply, worker, msg[1], DecodedResult(msg[2], msg[3]))
+            else:
+                self._post(
+                    self._on_reply,
+                    worker,
+                    msg[1],
+                    _unpack_error(msg[2], msg[3], msg[4], msg[5], worker.pid),
+                )
+        process = worker.process
+        process.join(5.0)
+        if process.exitcode is None:  # closed its pipe but did not exit: make sure it does
+            with contextlib.suppress(Exception):
+                process.kill()
+            process.join(5.0)
+        conn.close()
+        self._post(self._on_exit, worker, process.exitcode)
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _close(self, worker: _Worker) -> None:
+        if worker.closed:
+            return
+        worker.closed = True
+        worker.writer.submit(worker.tasks.close)
+        worker.writer.shutdown(wait=False)
+
+    @staticmethod
+    def _cancel_timer(worker: _Worker) -> None:
+        if worker.timer is not None:
+            worker.timer.cancel()
+            worker.timer = None
+
+    @staticmethod
+    def _fail(task: _Task, exc: BaseException) -> None:
+        if not task.future.done():
+            task.future.set_exception(exc)
+
+
+_QUEUED_LATE: Final = "deadline expired while queued"
+
+
+def _reap(workers: list[_Worker], timeout: float) -> None:
+    """Wait for the readers (which reap their processes); SIGKILL whatever outlives `timeout`."""
+    end = time.monotonic() + timeout
+    for w in workers:
+        if w.reader is not None:
+            w.reader.join(max(end - time.monotonic(), 0.0))
+    for w in workers:
+        if w.reader is not None and w.reader.is_alive():
+            with contextlib.suppress(Exception):
+                w.process.kill()
+            w.reader.join(timeout)

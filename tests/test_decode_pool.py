@@ -1,0 +1,289 @@
+"""DecodePool: results equal in-process decoding, worker errors keep their type and message, and
+a crashed, killed or hung worker fails only its own request and is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+
+from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
+from vidtag.errors import InvalidVideo, LimitExceeded
+from vidtag.registry import UnknownName
+from vidtag.runtime.artifact import InputSpec
+from vidtag.runtime.preprocess import preprocess
+from vidtag.server.decode_pool import (
+    TEST_CRASH_MARKER_ENV,
+    DecodedResult,
+    DecodePool,
+    DecodePoolConfig,
+    _pack_error,
+    _unpack_error,
+)
+from vidtag.server.errors import RpcFailure
+
+T = TypeVar("T")
+MARKER = b"@@vidtag-decode-pool-test@@"
+SPEC = SamplingSpec(frames=4, height=64, width=32)
+LIMITS = DecodeLimits()
+TIMEOUT_S = 2.0
+
+
+class Loop:
+    """One event loop on a thread for the whole module: the shared pool lives on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return self.submit(coro).result(timeout)
+
+    def read(self, fn: Callable[[], T]) -> T:
+        async def get() -> T:
+            return fn()
+
+        return self.run(get())
+
+    def wait_until(self, cond: Callable[[], bool], timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while not self.read(cond):
+            assert time.monotonic() < end, "condition not met in time"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def lt() -> Iterator[Loop]:
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+def _start(lt: Loop, config: DecodePoolConfig, *, hook: bool) -> DecodePool:
+    pool = DecodePool(config)
+    old = os.environ.pop(TEST_CRASH_MARKER_ENV, None)
+    if hook:
+        os.environ[TEST_CRASH_MARKER_ENV] = MARKER.decode()
+    try:
+        lt.run(pool.start())
+    finally:
+        os.environ.pop(TEST_CRASH_MARKER_ENV, None)
+        if old is not None:
+            os.environ[TEST_CRASH_MARKER_ENV] = old
+    return pool
+
+
+@pytest.fixture(scope="module")
+def pool(lt: Loop) -> Iterator[DecodePool]:
+    """Two workers with the test hook on, shared by the tests below."""
+    p = _start(lt, DecodePoolConfig(workers=2, max_pending=6, task_timeout_s=TIMEOUT_S), hook=True)
+    yield p
+    lt.run(p.stop())
+
+
+def decode(pool: DecodePool, data: bytes, **kw: Any) -> Coroutine[Any, Any, DecodedResult]:
+    return pool.decode(data, kw.pop("spec", SPEC), kw.pop("limits", LIMITS), **kw)
+
+
+def slow(clip: bytes, seconds: float = 1.0) -> bytes:
+    return MARKER + b"sleep=%g:" % seconds + clip
+
+
+def healthy(lt: Loop, pool: DecodePool, clip: bytes) -> None:
+    """Back to full strength, and serving."""
+    lt.wait_until(lambda: pool.workers_alive == 2 and pool.busy == 0)
+    assert lt.run(decode(pool, clip)).clip.frames.shape == (4, 64, 32, 3)
+
+
+def test_frames_match_in_process_decoding(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    got = lt.run(decode(pool, clip_bytes))
+    ref = sample_frames(clip_bytes, SPEC, LIMITS)
+    assert np.array_equal(got.clip.frames, ref.frames) and got.input is None
+    assert got.clip.timestamps == ref.timestamps and got.clip.codec == ref.codec
+
+
+def test_preprocessing_in_the_worker(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    ispec = InputSpec(frames=4, height=64, width=32, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    ref = preprocess(sample_frames(clip_bytes, SPEC, LIMITS).frames, ispec)
+    got = lt.run(decode(pool, clip_bytes, input_spec=ispec))
+    assert got.input is not None and got.input.dtype == np.float32
+    assert np.array_equal(got.input, ref)
+    assert got.clip.frames.shape == (0, 64, 32, 3)  # dropped: not sent back twice
+    kept = lt.run(decode(pool, clip_bytes, input_spec=ispec, keep_frames=True))
+    assert kept.clip.frames.shape == (4, 64, 32, 3)
+
+
+def test_errors_keep_type_and_message(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    garbage = b"not a video at all" * 50
+    with pytest.raises(InvalidVideo) as local:
+        sample_frames(garbage, SPEC, LIMITS)
+    with pytest.raises(InvalidVideo) as remote:
+        lt.run(decode(pool, garbage))
+    assert type(remote.value) is type(local.value) and str(remote.value) == str(local.value)
+
+    small = DecodeLimits(max_bytes=1000)
+    with pytest.raises(LimitExceeded) as local_limit:
+        sample_frames(clip_bytes, SPEC, small)
+    with pytest.raises(LimitExceeded) as remote_limit:
+        lt.run(decode(pool, clip_bytes, limits=small))
+    assert str(remote_limit.value) == str(local_limit.value)
+
+    with pytest.raises(UnknownName, match="unknown decode backend 'nope'"):
+        lt.run(decode(pool, clip_bytes, backend="nope"))
+    assert lt.read(lambda: pool.restarts) == 0  # errors are not crashes
+
+
+class _Picky(Exception):
+    def __init__(self, *, why: str) -> None:  # keyword-only: does not unpickle
+        super().__init__(why)
+
+
+def test_unpicklable_error_becomes_runtime_error() -> None:
+    try:
+        raise _Picky(why="odd failure")
+    except _Picky as exc:
+        blob, name, text, tb = _pack_error(exc)
+    assert blob is None
+    back = _unpack_error(blob, name, text, tb, 123)
+    assert type(back) is RuntimeError and str(back) == f"{__name__}._Picky: odd failure"
+    assert "decode worker 123" in back.__notes__[0]
+
+
+@pytest.mark.parametrize(("command", "signum"), [(b"kill", 9), (b"segv", 11)])
+def test_crash_fails_only_its_request(
+    lt: Loop, pool: DecodePool, clip_bytes: bytes, command: bytes, signum: int
+) -> None:
+    restarts = lt.read(lambda: pool.restarts)
+
+    async def burst() -> list[Any]:
+        good = [decode(pool, clip_bytes) for _ in range(5)]
+        bad = decode(pool, MARKER + command + b":" + clip_bytes)
+        return await asyncio.gather(*good[:2], bad, *good[2:], return_exceptions=True)
+
+    results = lt.run(burst())
+    crash = results.pop(2)
+    assert isinstance(crash, RpcFailure) and crash.code is grpc.StatusCode.INTERNAL
+    assert f"decode worker crashed (signal {signum}, " in crash.message
+    assert "it was replaced" in crash.message
+    assert all(isinstance(r, DecodedResult) for r in results)
+    healthy(lt, pool, clip_bytes)
+    assert lt.read(lambda: pool.restarts) == restarts + 1
+
+
+def test_worker_killed_from_outside(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    victim = lt.submit(decode(pool, slow(clip_bytes)))
+    lt.wait_until(lambda: len(pool.busy_pids) == 1)
+    pid = lt.read(lambda: pool.busy_pids)[0]
+    other = lt.submit(decode(pool, clip_bytes))
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(RpcFailure) as failure:
+        victim.result(10)
+    assert failure.value.code is grpc.StatusCode.INTERNAL
+    assert "signal 9, SIGKILL" in failure.value.message
+    assert isinstance(other.result(10), DecodedResult)
+    healthy(lt, pool, clip_bytes)
+    assert pid not in lt.read(lambda: pool.worker_pids)
+
+
+def test_pending_cap(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    async def flood() -> tuple[list[Any], BaseException | None, int]:
+        busy = [asyncio.ensure_future(decode(pool, slow(clip_bytes))) for _ in range(2)]
+        queued = [asyncio.ensure_future(decode(pool, clip_bytes)) for _ in range(6)]
+        await asyncio.sleep(0.05)
+        pending = pool.pending
+        try:
+            await decode(pool, clip_bytes)
+            refused = None
+        except RpcFailure as exc:
+            refused = exc
+        return await asyncio.gather(*busy, *queued, return_exceptions=True), refused, pending
+
+    results, refused, pending = lt.run(flood())
+    assert pending == 6
+    assert isinstance(refused, RpcFailure) and refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert all(isinstance(r, DecodedResult) for r in results)
+
+
+def test_deadline_passed_while_queued(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    async def late() -> tuple[BaseException | None, float]:
+        busy = [asyncio.ensure_future(decode(pool, slow(clip_bytes))) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        try:
+            await decode(pool, clip_bytes, deadline=t0 + 0.2)
+            failure = None
+        except RpcFailure as exc:
+            failure = exc
+        waited = time.monotonic() - t0
+        await asyncio.gather(*busy)
+        return failure, waited
+
+    failure, waited = lt.run(late())
+    assert isinstance(failure, RpcFailure) and failure.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert failure.message == "deadline expired while queued"
+    assert 0.15 < waited < 0.8  # failed when the deadline passed, not when a worker freed up
+    with pytest.raises(RpcFailure) as already:
+        lt.run(decode(pool, clip_bytes, deadline=time.monotonic() - 1))
+    assert already.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_hung_worker_is_killed_and_replaced(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    restarts = lt.read(lambda: pool.restarts)
+    t0 = time.monotonic()
+    with pytest.raises(RpcFailure) as failure:
+        lt.run(decode(pool, MARKER + b"hang:"))
+    assert TIMEOUT_S - 0.1 < time.monotonic() - t0 < TIMEOUT_S + 2
+    assert failure.value.code is grpc.StatusCode.INTERNAL
+    assert f"longer than {TIMEOUT_S:g} s" in failure.value.message
+    healthy(lt, pool, clip_bytes)
+    assert lt.read(lambda: pool.restarts) == restarts + 1
+
+
+def test_recycling_hook_off_and_stop(lt: Loop, clip_bytes: bytes) -> None:
+    pool = _start(lt, DecodePoolConfig(workers=1, max_tasks_per_worker=2), hook=False)
+    try:
+        first = lt.read(lambda: pool.worker_pids)
+        # The hook is off: a marker is just bytes that are not a video.
+        with pytest.raises(InvalidVideo):
+            lt.run(decode(pool, MARKER + b"kill:" + clip_bytes))
+        lt.run(decode(pool, clip_bytes))  # second task: the worker is recycled
+        lt.wait_until(lambda: pool.workers_alive == 1 and pool.worker_pids != first)
+        assert lt.read(lambda: pool.recycled) == 1 and lt.read(lambda: pool.restarts) == 0
+        lt.run(decode(pool, clip_bytes))
+        processes = lt.read(lambda: [w.process for w in pool._workers])
+
+        async def stop_with_work() -> list[Any]:
+            calls = [asyncio.ensure_future(decode(pool, clip_bytes)) for _ in range(3)]
+            await asyncio.sleep(0)
+            await pool.stop()
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = lt.run(stop_with_work())
+        assert all(
+            isinstance(r, RpcFailure) and r.code is grpc.StatusCode.UNAVAILABLE for r in results
+        )
+        assert processes and not any(p.is_alive() for p in processes)
+        assert lt.read(lambda: (pool.worker_pids, pool.workers_alive)) == ((), 0)
+        with pytest.raises(RpcFailure) as after:
+            lt.run(decode(pool, clip_bytes))
+        assert after.value.code is grpc.StatusCode.UNAVAILABLE
+    finally:
+        lt.run(pool.stop())
