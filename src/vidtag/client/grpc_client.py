@@ -48,7 +48,9 @@ def response_to_result(response: pb.TagVideoResponse) -> TagResult:
             "preprocess": t.preprocess_ms / 1000.0,
             "inference": t.inference_ms / 1000.0,
             "postprocess": t.postprocess_ms / 1000.0,
+            "queue": t.queue_ms / 1000.0,
             "total": t.total_ms / 1000.0,
+            "batch_size": float(t.batch_size),  # a count, not seconds
         },
         all_scores=np.asarray(response.all_scores, dtype=np.float32),
     )
