@@ -75,5 +75,46 @@ $(BENCH_STAMP): $(STAMP)
 bench-decode: install $(BENCH_STAMP)
 	$(PY) benchmarks/decode.py $(BENCH_ARGS)
 
+# Load benchmark (`vidtag bench`, src/vidtag/client/bench.py). Installs the `bench` extra
+# (matplotlib) if missing, starts `vidtag serve` on a free port with the bundled model (log in
+# build/bench/server.log), waits for health SERVING, then runs the standard sweep over LOAD_CLIPS
+# uniform STB-1 test clips (30 s, 540x960, 30 fps, H.264, keyframe every 4 s; generated once into
+# build/bench and reused): closed loop at concurrency 1 for 60 requests, then open-loop Poisson
+# arrivals at 5, 10, 20, 30 and 40 requests/s for 20 s each. Writes build/bench/report.json
+# (per-step summaries and raw samples) and build/bench/report.png (latency CDFs; p50/p99 latency
+# and achieved throughput against offered load); the server is stopped when the recipe exits.
+# LOAD_ARGS adds or overrides `vidtag bench` flags (e.g. LOAD_ARGS="--duration 5"),
+# LOAD_SERVE_ARGS passes flags to `vidtag serve`.
+LOAD_STAMP = $(VENV)/.bench-load-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOAD_CLIPS ?= 8
+LOAD_SPEC ?= duration=30,size=540x960,fps=30,codec=h264,gop=4s,rotation=0,vfr=false,audio=false
+LOAD_ARGS ?=
+LOAD_SERVE_ARGS ?= --metrics-port 0
+
+.PHONY: bench
+
+$(LOAD_STAMP): $(STAMP)
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	touch $@
+
+bench: install $(LOAD_STAMP)
+	mkdir -p build/bench
+	set -e; \
+	port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	$(VENV)/bin/vidtag serve --host 127.0.0.1 --port $$port --models $(MODELS) --log-level WARNING \
+	  $(LOAD_SERVE_ARGS) > build/bench/server.log 2>&1 & \
+	pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
+	echo "vidtag serve: 127.0.0.1:$$port (pid $$pid); waiting for SERVING"; \
+	for i in $$(seq 300); do \
+	  kill -0 $$pid 2>/dev/null || { cat build/bench/server.log; exit 1; }; \
+	  $(PY) -c "import sys; from vidtag.client.grpc_client import VidtagClient as C; \
+	    sys.exit(C('127.0.0.1:$$port', timeout=2).health() != 'SERVING')" 2>/dev/null && break; \
+	  sleep 1; \
+	done; \
+	$(VENV)/bin/vidtag bench --server 127.0.0.1:$$port --synth $(LOAD_CLIPS) --clip-spec $(LOAD_SPEC) \
+	  --sweep 1 --requests 60 --rates 5,10,20,30,40 --duration 20 --wait 30 \
+	  --json build/bench/report.json --png build/bench/report.png $(LOAD_ARGS)
+
 clean:
 	rm -rf $(VENV) build src/vidtag/v1/*_pb2*.py src/vidtag/v1/*_pb2*.pyi

@@ -273,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         handlers["tag"] = run_tag
     except ImportError:
         pass
+    try:
+        from vidtag.client.bench import add_bench_arguments, run_bench
+
+        add_bench_arguments(sub.add_parser("bench", help="load-test a server (--server)"))
+        handlers["bench"] = run_bench
+    except ImportError:
+        pass
     ap.set_defaults(_handlers=handlers)
     return ap
 
