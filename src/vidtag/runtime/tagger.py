@@ -76,9 +76,12 @@ class Tagger:
     def decode(self, source: bytes | str | Path) -> DecodedClip:
         return sample_frames(source, self.spec, self.limits)
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sigmoid scores (N, C) and L2-normalised embeddings (N, E) of a preprocessed batch."""
-        logits, emb = self.backend(batch)
+    def infer(
+        self, batch: np.ndarray, backend: OnnxBackend | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sigmoid scores (N, C) and L2-normalised embeddings (N, E) of a preprocessed batch
+        (on `backend`, another session of the same network, if given)."""
+        logits, emb = (backend or self.backend)(batch)
         e = emb.astype(np.float32)
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return sigmoid(logits), e

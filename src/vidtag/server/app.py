@@ -214,7 +214,11 @@ class VidtagServer:
             max_queue_delay_microseconds=cfg.max_queue_delay_microseconds,
             max_queue_size=cfg.max_queue_size,
         )
-        return ServedModel(tagger, batching, self.inference_executor, self.metrics)
+        pool = self.decode_pool
+        busy = (lambda: pool.busy > 0 or pool.pending > 0) if pool is not None else None
+        if cfg.inference_threads is not None:
+            busy = None  # an explicit thread count is used as given
+        return ServedModel(tagger, batching, self.inference_executor, self.metrics, busy)
 
     def _load_dir(self, model_dir: Path) -> ServedModel:
         from vidtag.runtime.tagger import Tagger
