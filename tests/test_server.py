@@ -270,6 +270,37 @@ def test_new_versions_are_picked_up_and_broken_ones_refused(
             c.tag(clip_bytes, model_version="3")
 
 
+def test_concurrent_requests_share_inference_batches(model_repo: Path, clip_bytes: bytes) -> None:
+    cfg = make_config(model_repo, max_batch_size=4, max_queue_delay_microseconds=200_000)
+    with (
+        running_server(cfg) as (srv, _),
+        VidtagClient(f"127.0.0.1:{srv.port}") as c,
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+    ):
+        results = list(pool.map(lambda _: c.tag(clip_bytes), range(4)))
+    sizes = [r.timings["batch_size"] for r in results]
+    assert max(sizes) > 1 and max(sizes) <= 4, sizes
+    assert len({tuple(r.all_scores.round(5)) for r in results}) == 1  # same clip, same answer
+
+
+def test_a_full_decode_queue_sheds_with_resource_exhausted(
+    model_repo: Path, clip_bytes: bytes
+) -> None:
+    cfg = make_config(model_repo, workers=1, decode_queue_size=1)
+    with running_server(cfg) as (srv, _), VidtagClient(f"127.0.0.1:{srv.port}") as c:
+        codes = []
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            for f in [pool.submit(c.tag, clip_bytes) for _ in range(12)]:
+                try:
+                    f.result()
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+        assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes, codes
+        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}
+        assert c.tag(clip_bytes).tags  # and it recovers
+
+
 def test_a_crashing_decoder_fails_only_its_request(
     model_repo: Path, clip_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
