@@ -4,10 +4,8 @@ a crashed, killed or hung worker fails only its own request and is replaced."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -21,6 +19,7 @@ from vidtag.errors import InvalidVideo, LimitExceeded
 from vidtag.registry import UnknownName
 from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.preprocess import preprocess
+from vidtag.server.background import LoopThread
 from vidtag.server.decode_pool import (
     TEST_CRASH_MARKER_ENV,
     DecodedResult,
@@ -38,19 +37,8 @@ LIMITS = DecodeLimits()
 TIMEOUT_S = 2.0
 
 
-class Loop:
+class Loop(LoopThread):
     """One event loop on a thread for the whole module: the shared pool lives on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return self.submit(coro).result(timeout)
 
     def read(self, fn: Callable[[], T]) -> T:
         async def get() -> T:
@@ -63,11 +51,6 @@ class Loop:
         while not self.read(cond):
             assert time.monotonic() < end, "condition not met in time"
             time.sleep(0.02)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
