@@ -34,6 +34,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join([*list_models(), *list_losses()]))
         return 0
+    if args.eval_epoch is not None:
+        if not args.out:
+            print("vidtag train: --eval-epoch needs --out (the run directory)", file=sys.stderr)
+            return 2
+        from vidtag.train.trainer import evaluate_epoch
+
+        print(json.dumps(evaluate_epoch(args.out, args.eval_epoch), indent=1))
+        return 0
     if not args.manifest or not args.out:
         print("vidtag train: --manifest and --out are required", file=sys.stderr)
         return 2
@@ -63,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         time_budget_s=args.time_budget,
         warmup=args.warmup,
+        accumulate=args.accumulate,
+        keep_epochs=not args.no_keep_epochs,
     )
     print(train(cfg))
     return 0
@@ -211,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of wall time: the LR schedule follows it and training stops there",
     )
     p.add_argument("--warmup", type=float, default=0.15, help="warm-up fraction of the schedule")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--no-keep-epochs", action="store_true", help="do not save every epoch")
+    p.add_argument(
+        "--eval-epoch",
+        type=int,
+        metavar="N",
+        help="evaluate the weights saved after epoch N of the run in --out, and exit",
+    )
     p.add_argument("--quiet", action="store_true")
     handlers["train"] = _train
 

@@ -30,3 +30,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     time_budget_s: float = 0.0  # > 0: the LR schedule runs on wall time and training stops there
     warmup: float = 0.15  # fraction of the schedule spent warming up
+    accumulate: int = 1  # micro-batches per optimiser step (gradient accumulation)
+    keep_epochs: bool = True  # also save every epoch's weights (for --eval-epoch)
+
+    def __post_init__(self) -> None:
+        if self.accumulate < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ValueError(f"accumulate, batch_size and epochs must be >= 1: {self}")

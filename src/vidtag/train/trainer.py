@@ -9,16 +9,19 @@ thresholds and validation metrics of the best epoch (by mean Jaccard).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from vidtag.decode import SamplingSpec
@@ -112,121 +115,259 @@ def predict(
     return np.concatenate(out) if out else np.zeros((0, len(TAGS)), np.float32)
 
 
-def train(cfg: TrainConfig) -> Path:
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    device = resolve_device(cfg.device)
-    use_amp = cfg.amp and device.type == "cuda"
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    spec = sampling_spec(cfg)
-    ispec = input_spec(cfg)
+@dataclass
+class _Data:
+    train: FrameSource
+    y_train: np.ndarray
+    val: FrameSource
+    y_val: np.ndarray
 
+
+def _load_data(cfg: TrainConfig, out: Path, device: torch.device, rank: int) -> _Data:
+    """Frame caches (rank 0 builds them; the others wait) and the train/val split."""
+    spec = sampling_spec(cfg)
+    if rank == 0:
+        _cached(cfg.train_manifest, out / "cache-train", spec, cfg)
+        if cfg.val_manifest:
+            _cached(cfg.val_manifest, out / "cache-val", spec, cfg)
+    _barrier()
     x_tr, y_tr = _cached(cfg.train_manifest, out / "cache-train", spec, cfg)
     if cfg.val_manifest:
         x_va, y_va = _cached(cfg.val_manifest, out / "cache-val", spec, cfg)
-        tr_idx = np.arange(len(y_tr))
-    else:
-        perm = np.random.default_rng(cfg.seed + 1).permutation(len(y_tr))
-        n_val = max(1, int(len(y_tr) * cfg.val_fraction))
-        va_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        x_va, y_va = np.asarray(x_tr[va_idx]), y_tr[va_idx]
-    train_frames = FrameSource(np.asarray(x_tr[tr_idx]) if not cfg.val_manifest else x_tr, device)
-    val_frames = FrameSource(x_va, device)
-    y_tr = y_tr[tr_idx]
-    y_tr_dev = torch.from_numpy(y_tr).to(device)
+        return _Data(FrameSource(x_tr, device), y_tr, FrameSource(x_va, device), y_va)
+    perm = np.random.default_rng(cfg.seed + 1).permutation(len(y_tr))
+    n_val = max(1, int(len(y_tr) * cfg.val_fraction))
+    va_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return _Data(
+        FrameSource(np.asarray(x_tr[tr_idx]), device),
+        y_tr[tr_idx],
+        FrameSource(np.asarray(x_tr[va_idx]), device),
+        y_tr[va_idx],
+    )
 
-    limits = observed_group_limits(y_tr, TAGS, TAG_GROUPS)
-    model = create_model(cfg.arch, num_classes=len(TAGS)).to(device)
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of a torchrun launch; (0, 1) otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _world()[1] > 1:
+        dist.barrier()
+
+
+def _init_distributed(cfg: TrainConfig) -> torch.device:
+    """Join the torchrun group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    device = resolve_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _rank_batches(
+    n: int, size: int, rng: np.random.Generator, rank: int, world: int
+) -> list[np.ndarray]:
+    """This rank's batches of one epoch: every rank draws the same permutation and takes its
+    slice of each global step (wrapping round, so all ranks run the same number of steps)."""
+    order = rng.permutation(n)
+    steps = max(1, n // (size * world))
+    return [
+        np.take(
+            order, np.arange((s * world + rank) * size, (s * world + rank + 1) * size), mode="wrap"
+        )
+        for s in range(steps)
+    ]
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (single process, or one rank of a torchrun launch); return the best checkpoint."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _init_distributed(cfg)
+    rank, world = _world()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    use_amp = cfg.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rng = np.random.default_rng(cfg.seed)  # same on every rank: the same permutation
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * rank)
+    ispec = input_spec(cfg)
+    data = _load_data(cfg, out, device, rank)
+    y_tr_dev = torch.from_numpy(data.y_train).to(device)
+
+    limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
+    net = create_model(cfg.arch, num_classes=len(TAGS)).to(device)
+    model: torch.nn.Module = DDP(net) if world > 1 else net
     loss_fn = create_loss(cfg.loss)
     augmenter = BatchAugmenter(TAGS, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(y_tr) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(data.y_train) // (cfg.batch_size * world))
+    total_steps = cfg.epochs * max(1, steps_per_epoch // cfg.accumulate)
     start_epoch, best_j, history, step, elapsed = 0, -1.0, [], 0, 0.0
     ckpt = out / "checkpoint.pt"
     if cfg.resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False, map_location=device)
         if state["config"] == asdict(cfg):
-            model.load_state_dict(state["model"])
+            net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, best_j, history = state["epoch"] + 1, state["best_j"], state["history"]
             step, elapsed = state["step"], state["elapsed"]
 
     def progress() -> float:
         p = step / total_steps
-        return max(p, elapsed / cfg.time_budget_s) if cfg.time_budget_s > 0 else p
+        if cfg.time_budget_s > 0:
+            p = max(p, elapsed / cfg.time_budget_s)
+        if world > 1:  # every rank follows the slowest clock, so they stop together
+            t = torch.tensor([p], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            p = float(t.item())
+        return p
 
     for epoch in range(start_epoch, cfg.epochs):
         if progress() >= 1.0:
             break
         model.train()
         t0, total, seen = time.time(), 0.0, 0
+        batches = _rank_batches(len(data.y_train), cfg.batch_size, rng, rank, world)
         bar = tqdm(
-            _batches(len(y_tr), cfg.batch_size, rng),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank > 0
         )
-        for idx in bar:
-            if progress() >= 1.0:
-                break
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(progress(), cfg.warmup)
+        for k, idx in enumerate(bar):
+            last_micro = (k + 1) % cfg.accumulate == 0 or k + 1 == len(batches)
+            if k % cfg.accumulate == 0:
+                if progress() >= 1.0:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(progress(), cfg.warmup)
             frames, y = augmenter.random(
-                train_frames.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)], gen
+                data.train.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)], gen
             )
             x = normalise(frames, ispec.mean, ispec.std)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)[0]
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if isinstance(model, DDP) and not last_micro:
+                sync = model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(x)[0]
+                loss = loss_fn(logits.float(), y)
+                (loss / cfg.accumulate).backward()
+            if last_micro:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
             total += loss.item() * len(idx)
             seen += len(idx)
             elapsed += time.time() - t0
             t0 = time.time()
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            scores = predict(model, val_frames, ispec)
-        truth = y_va.astype(bool)
-        thresholds = calibrate_thresholds(scores, truth)
-        rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
-        metrics = evaluate_predictions(scores, rule.predict(scores), truth, TAGS, TAG_GROUPS)
-        elapsed += time.time() - t0
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total / max(1, seen),
-            "seconds": round(elapsed, 2),
-            "lr": cfg.lr * lr_factor(progress(), cfg.warmup),
-            **{f"val_{k}": v for k, v in metrics.items()},
-        }
-        history.append(row)
-        print(json.dumps(row), flush=True)
-        if metrics["mean_jaccard"] > best_j:
-            best_j = metrics["mean_jaccard"]
-            best = _best_state(cfg, model, rule, metrics, epoch)
-            torch.save(best, out / "best.pt")
-        torch.save(
-            {
-                "config": asdict(cfg),
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
+        p_now = progress()  # collective: every rank calls it
+        if rank == 0:
+            row, rule, metrics = _validate(net, data, ispec, limits, device, use_amp)
+            elapsed += time.time() - t0
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": total / max(1, seen),
+                "seconds": round(elapsed, 2),
+                "lr": cfg.lr * lr_factor(p_now, cfg.warmup),
                 "step": step,
-                "elapsed": elapsed,
-                "best_j": best_j,
-                "history": history,
-            },
-            ckpt,
-        )
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+                "world_size": world,
+                **row,
+            }
+            history.append(row)
+            print(json.dumps(row), flush=True)
+            state = _best_state(cfg, net, rule, metrics, epoch)
+            if metrics["mean_jaccard"] > best_j:
+                best_j = metrics["mean_jaccard"]
+                torch.save(state, out / "best.pt")
+            if cfg.keep_epochs:
+                (out / "epochs").mkdir(exist_ok=True)
+                torch.save(state, out / "epochs" / f"epoch-{epoch + 1:03d}.pt")
+            torch.save(
+                {
+                    "config": asdict(cfg),
+                    "model": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "elapsed": elapsed,
+                    "best_j": best_j,
+                    "history": history,
+                },
+                ckpt,
+            )
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            write_curves(history, out / "curves.png")
+        _barrier()
+    if world > 1:
+        dist.destroy_process_group()
     return out / "best.pt"
+
+
+def _validate(
+    net: torch.nn.Module,
+    data: _Data,
+    ispec: InputSpec,
+    limits: dict[str, tuple[int, int]],
+    device: torch.device,
+    use_amp: bool,
+) -> tuple[dict[str, float], DecisionRule, dict[str, float]]:
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        scores = predict(net, data.val, ispec)
+    truth = data.y_val.astype(bool)
+    thresholds = calibrate_thresholds(scores, truth)
+    rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
+    metrics = evaluate_predictions(scores, rule.predict(scores), truth, TAGS, TAG_GROUPS)
+    return {f"val_{k}": v for k, v in metrics.items()}, rule, metrics
+
+
+def evaluate_epoch(out_dir: str | Path, epoch: int) -> dict[str, Any]:
+    """Validation metrics of the weights saved after `epoch` (`keep_epochs` runs), recomputed
+    on the run's own validation split."""
+    out = Path(out_dir)
+    path = out / "epochs" / f"epoch-{epoch:03d}.pt"
+    if not path.is_file():
+        have = sorted(p.name for p in (out / "epochs").glob("epoch-*.pt"))
+        raise FileNotFoundError(f"{path} does not exist (saved: {have or 'none'})")
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    cfg = TrainConfig(**state["config"])
+    net = create_model(cfg.arch, num_classes=len(TAGS))
+    net.load_state_dict(state["model"])
+    data = _load_data(cfg, out, torch.device("cpu"), 0)
+    limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
+    _, _, metrics = _validate(net, data, input_spec(cfg), limits, torch.device("cpu"), False)
+    return {"epoch": epoch, "arch": cfg.arch, **metrics}
+
+
+def write_curves(history: list[dict[str, Any]], path: Path) -> bool:
+    """Loss and validation metrics per epoch as a PNG; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.legend()
+    for key in ("val_mean_jaccard", "val_mAP", "val_micro_f1", "val_acc_object", "val_acc_motion"):
+        if key in history[0]:
+            ax2.plot(epochs, [h[key] for h in history], label=key[4:])
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
 
 
 def _best_state(
