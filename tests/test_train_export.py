@@ -139,3 +139,32 @@ def test_torchrun_two_cpu_processes(tiny_manifest: Path, tmp_path: Path) -> None
     # 5 train clips (1 held out), batch 1 per rank, 2 ranks: 2 steps per epoch, not 5
     assert [h["step"] for h in hist] == [2, 4]
     assert (out / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("head", ["bce", "warp", "lsep", "c2ae", "cnn_rnn", "scnn_rnn", "ria"])
+def test_every_head_trains_and_only_threshold_heads_export(
+    tiny_manifest: Path, tmp_path: Path, head: str
+) -> None:
+    out = tmp_path / head
+    best = train(_cfg(tiny_manifest, out, epochs=1, loss=head))
+    state = torch.load(best, weights_only=False)
+    assert state["head_name"] == head and state["head"]
+    hist = json.loads((out / "history.json").read_text())
+    assert np.isfinite(hist[0]["train_loss"]) and 0 <= hist[0]["val_mAP"] <= 1
+    assert evaluate_epoch(out, 1)["mean_jaccard"] == pytest.approx(hist[0]["val_mean_jaccard"])
+    if state["head_exportable"]:
+        assert export_artifact(tmp_path / "models", name=head, version="1", checkpoint=best)
+    else:
+        with pytest.raises(ModelError, match="own modules"):
+            export_artifact(tmp_path / "models", name=head, version="1", checkpoint=best)
+
+
+def test_train_list_prints_networks_and_heads(capsys: pytest.CaptureFixture[str]) -> None:
+    from vidtag.cli import main
+
+    assert main(["train", "--list"]) == 0
+    names = capsys.readouterr().out.split()
+    for name in ("x2plus1d_s", "r2plus1d_18", "r2plus1d_34", "mfnet3d", "eco_lite", "eco_full"):
+        assert name in names
+    for name in ("bce", "warp", "lsep", "c2ae", "cnn_rnn", "scnn_rnn", "ria"):
+        assert name in names

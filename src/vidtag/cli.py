@@ -28,11 +28,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vidtag.heads import list_losses
+    from vidtag.heads import list_heads
     from vidtag.nets import list_models
 
     if args.list:
-        print("\n".join([*list_models(), *list_losses()]))
+        print("\n".join([*list_models(), *list_heads()]))
         return 0
     if args.eval_epoch is not None:
         if not args.out:

@@ -84,6 +84,12 @@ def export_artifact(
     extra: dict[str, Any] = {}
     if checkpoint is not None:
         state = torch.load(checkpoint, weights_only=False)
+        if not state.get("head_exportable", True):
+            raise ModelError(
+                f"head {state.get('head_name')!r} decides with its own modules (a decoder or "
+                "estimator on the embedding); the artifact format holds the network and "
+                "per-tag thresholds only, so export a bce, warp or lsep run"
+            )
         cfg = state["config"]
         arch = state["arch"]
         model = create_model(arch, num_classes=len(state["tags"]))
@@ -93,7 +99,11 @@ def export_artifact(
         group_limits = group_limits or state.get("group_limits")
         metrics = {"validation": state["val_metrics"], **(metrics or {})}
         sampling = sampling or {"policy": cfg["policy"]}
-        extra = {"checkpoint_epoch": state["epoch"], "train_config": cfg}
+        extra = {
+            "checkpoint_epoch": state["epoch"],
+            "train_config": cfg,
+            "head": state.get("head_name", "bce"),
+        }
     if model is None or arch is None:
         raise ValueError("give a checkpoint, or a model together with its arch name")
     ispec = input_spec or InputSpec(8, 160, 96, MEAN, STD)

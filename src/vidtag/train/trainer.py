@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from vidtag.decode import SamplingSpec
-from vidtag.heads import create_loss
+from vidtag.heads import MultiLabelHead, create_head
 from vidtag.nets import create_model
 from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.decision import DecisionRule, observed_group_limits
@@ -103,15 +103,47 @@ def lr_factor(progress: float, warmup: float) -> float:
     return hi + (lo - hi) * (1 + math.cos(math.pi * u)) / 2
 
 
+class _Objective(torch.nn.Module):
+    """Network + head as one module, so DDP synchronises the head's parameters too."""
+
+    def __init__(self, net: torch.nn.Module, head: MultiLabelHead) -> None:
+        super().__init__()
+        self.net, self.head = net, head
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, amp: bool) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, emb = self.net(x)
+        return self.head.loss(logits.float(), emb.float(), y)
+
+
+def build_head(name: str, net: torch.nn.Module) -> MultiLabelHead:
+    return create_head(
+        name, num_classes=len(TAGS), embedding_size=int(getattr(net, "embedding_size", 0))
+    )
+
+
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, frames: FrameSource, spec: InputSpec, batch: int = 64
+    model: torch.nn.Module,
+    frames: FrameSource,
+    spec: InputSpec,
+    head: MultiLabelHead | None = None,
+    batch: int = 64,
 ) -> np.ndarray:
+    """Per-tag scores of the head's inference rule (sigmoid of the logits without a head)."""
     model.eval()
+    if head is not None:
+        head.eval()
     out = []
     for idx in _batches(frames.n, batch, None):
         x = normalise(frames.take(idx), spec.mean, spec.std)
-        out.append(torch.sigmoid(model(x)[0].float()).cpu().numpy())
+        logits, emb = model(x)
+        s = (
+            torch.sigmoid(logits.float())
+            if head is None
+            else head.scores(logits.float(), emb.float())
+        )
+        out.append(s.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(TAGS)), np.float32)
 
 
@@ -203,10 +235,11 @@ def train(cfg: TrainConfig) -> Path:
 
     limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
     net = create_model(cfg.arch, num_classes=len(TAGS)).to(device)
-    model: torch.nn.Module = DDP(net) if world > 1 else net
-    loss_fn = create_loss(cfg.loss)
+    head = build_head(cfg.loss, net).to(device)
+    objective = _Objective(net, head)
+    model: torch.nn.Module = DDP(objective) if world > 1 else objective
     augmenter = BatchAugmenter(TAGS, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(data.y_train) // (cfg.batch_size * world))
     total_steps = cfg.epochs * max(1, steps_per_epoch // cfg.accumulate)
     start_epoch, best_j, history, step, elapsed = 0, -1.0, [], 0, 0.0
@@ -215,6 +248,7 @@ def train(cfg: TrainConfig) -> Path:
         state = torch.load(ckpt, weights_only=False, map_location=device)
         if state["config"] == asdict(cfg):
             net.load_state_dict(state["model"])
+            head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, best_j, history = state["epoch"] + 1, state["best_j"], state["history"]
             step, elapsed = state["step"], state["elapsed"]
@@ -253,9 +287,7 @@ def train(cfg: TrainConfig) -> Path:
             if isinstance(model, DDP) and not last_micro:
                 sync = model.no_sync()
             with sync:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)[0]
-                loss = loss_fn(logits.float(), y)
+                loss = model(x, y, use_amp)
                 (loss / cfg.accumulate).backward()
             if last_micro:
                 opt.step()
@@ -268,7 +300,7 @@ def train(cfg: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         p_now = progress()  # collective: every rank calls it
         if rank == 0:
-            row, rule, metrics = _validate(net, data, ispec, limits, device, use_amp)
+            row, rule, metrics = _validate(net, head, data, ispec, limits, device, use_amp)
             elapsed += time.time() - t0
             row = {
                 "epoch": epoch + 1,
@@ -281,7 +313,7 @@ def train(cfg: TrainConfig) -> Path:
             }
             history.append(row)
             print(json.dumps(row), flush=True)
-            state = _best_state(cfg, net, rule, metrics, epoch)
+            state = _best_state(cfg, net, head, rule, metrics, epoch)
             if metrics["mean_jaccard"] > best_j:
                 best_j = metrics["mean_jaccard"]
                 torch.save(state, out / "best.pt")
@@ -292,6 +324,7 @@ def train(cfg: TrainConfig) -> Path:
                 {
                     "config": asdict(cfg),
                     "model": net.state_dict(),
+                    "head": head.state_dict(),
                     "optimizer": opt.state_dict(),
                     "epoch": epoch,
                     "step": step,
@@ -311,6 +344,7 @@ def train(cfg: TrainConfig) -> Path:
 
 def _validate(
     net: torch.nn.Module,
+    head: MultiLabelHead,
     data: _Data,
     ispec: InputSpec,
     limits: dict[str, tuple[int, int]],
@@ -318,9 +352,10 @@ def _validate(
     use_amp: bool,
 ) -> tuple[dict[str, float], DecisionRule, dict[str, float]]:
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        scores = predict(net, data.val, ispec)
+        scores = predict(net, data.val, ispec, head)
     truth = data.y_val.astype(bool)
     thresholds = calibrate_thresholds(scores, truth)
+    head.set_thresholds(thresholds)
     rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
     metrics = evaluate_predictions(scores, rule.predict(scores), truth, TAGS, TAG_GROUPS)
     return {f"val_{k}": v for k, v in metrics.items()}, rule, metrics
@@ -338,9 +373,12 @@ def evaluate_epoch(out_dir: str | Path, epoch: int) -> dict[str, Any]:
     cfg = TrainConfig(**state["config"])
     net = create_model(cfg.arch, num_classes=len(TAGS))
     net.load_state_dict(state["model"])
+    head = build_head(cfg.loss, net)
+    head.load_state_dict(state["head"])
     data = _load_data(cfg, out, torch.device("cpu"), 0)
     limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
-    _, _, metrics = _validate(net, data, input_spec(cfg), limits, torch.device("cpu"), False)
+    cpu = torch.device("cpu")
+    _, _, metrics = _validate(net, head, data, input_spec(cfg), limits, cpu, False)
     return {"epoch": epoch, "arch": cfg.arch, **metrics}
 
 
@@ -373,6 +411,7 @@ def write_curves(history: list[dict[str, Any]], path: Path) -> bool:
 def _best_state(
     cfg: TrainConfig,
     model: torch.nn.Module,
+    head: MultiLabelHead,
     rule: DecisionRule,
     metrics: dict[str, float],
     epoch: int,
@@ -381,6 +420,9 @@ def _best_state(
         "config": asdict(cfg),
         "arch": cfg.arch,
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+        "head_name": cfg.loss,
+        "head_exportable": bool(head.exportable),
         "thresholds": list(rule.thresholds),
         "group_limits": rule.group_limits,
         "val_metrics": metrics,
