@@ -1,19 +1,42 @@
-"""Loss registry: `@register_loss("name")` on a builder of a (logits, targets) -> loss module."""
+"""Registries: losses (`@register_loss`, builders of a (logits, targets) -> loss module) and
+multi-label heads (`@register_head`, `MultiLabelHead` classes built with the label count and
+the network's embedding size)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from vidtag.heads.base import MultiLabelHead
 from vidtag.registry import Registry
 
 LossBuilder = Callable[..., nn.Module]
 LOSSES: Registry[LossBuilder] = Registry("loss")
 register_loss = LOSSES.register
 list_losses = LOSSES.names
+
+HEADS: Registry[type[MultiLabelHead]] = Registry("head")
+list_heads = HEADS.names
+H = TypeVar("H", bound=type[MultiLabelHead])
+
+
+def register_head(name: str) -> Callable[[H], H]:
+    """Class decorator: make a `MultiLabelHead` subclass available as `create_head(name)`."""
+
+    def deco(cls: H) -> H:
+        HEADS.register(name)(cls)
+        return cls
+
+    return deco
+
+
+def create_head(
+    name: str, *, num_classes: int, embedding_size: int, **kwargs: Any
+) -> MultiLabelHead:
+    return HEADS.get(name)(num_classes=num_classes, embedding_size=embedding_size, **kwargs)
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
