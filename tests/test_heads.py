@@ -93,9 +93,12 @@ def test_bce_loss_still_registered_and_equal_to_the_head() -> None:
 def test_untrained_scores_and_predict_shapes(name: str) -> None:
     torch.manual_seed(0)
     h = head(name).eval()
-    logits, emb = torch.randn(6, C), torch.randn(6, E)
-    loss = h(logits, emb, random_targets(6, 2)).detach()
+    logits, emb = torch.randn(6, C, requires_grad=True), torch.randn(6, E)
+    loss = h(logits, emb, random_targets(6, 2))
     assert loss.ndim == 0 and math.isfinite(val(loss))
+    loss.backward()  # the logits get a gradient (zero if ignored): DDP sees the classifier used
+    assert logits.grad is not None
+    logits = logits.detach()
     with torch.no_grad():
         scores, pred = h.decode(logits, emb)
     assert scores.shape == (6, C) and pred.shape == (6, C) and pred.dtype == torch.bool

@@ -71,3 +71,10 @@ class MultiLabelHead(nn.Module, ABC):
 def positives(targets: Tensor) -> Tensor:
     """(N, C) bool of the true tags of {0, 1} float targets."""
     return targets > 0.5
+
+
+def keep_in_graph(loss: Tensor, *ignored: Tensor) -> Tensor:
+    """`loss` plus 0 x the inputs a head ignores (e.g. the logits): their producers (the
+    network's classifier) then get zero gradients rather than none, so that DDP without
+    `find_unused_parameters` sees every parameter used."""
+    return loss + sum((t.float().sum() * 0.0 for t in ignored), loss.new_zeros(()))

@@ -9,7 +9,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from vidtag.heads.base import MultiLabelHead, positives
+from vidtag.heads.base import MultiLabelHead, keep_in_graph, positives
 from vidtag.heads.registry import register_head
 
 
@@ -58,7 +58,7 @@ class C2AEHead(MultiLabelHead):
       Gamma = `ranking_output_loss`(F_d(Z_e), y), reaching F_e and F_d only (F_x learns from Phi).
     Inference: scores = F_d(F_x(x)); predict = scores >= thresholds (0.5: the reference
     code's rounding). latent defaults to round(0.8 C), the reference code's reduction rate.
-    The network's logits are not used.
+    The network's logits are not used (zero gradient, `keep_in_graph`).
     """
 
     def __init__(
@@ -89,9 +89,10 @@ class C2AEHead(MultiLabelHead):
     def loss(self, logits: Tensor, embedding: Tensor, targets: Tensor) -> Tensor:
         y = targets.float()
         zx, ze = self.fx(embedding.float()), self.fe(y)
-        return self.correlation_loss(zx, ze) + self.alpha * ranking_output_loss(
+        loss = self.correlation_loss(zx, ze) + self.alpha * ranking_output_loss(
             self.fd(ze), y, self.beta
         )
+        return keep_in_graph(loss, logits)
 
     def scores(self, logits: Tensor, embedding: Tensor) -> Tensor:
         return self.fd(self.fx(embedding.float()))

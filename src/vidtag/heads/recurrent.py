@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidtag.heads.base import MultiLabelHead, positives
+from vidtag.heads.base import MultiLabelHead, keep_in_graph, positives
 from vidtag.heads.registry import register_head
 
 State = tuple[Tensor, ...]
@@ -247,7 +247,8 @@ class CNNRNNHead(OrderedRNNHead):
     Multi-label Image Classification"): label embeddings fed to a GRU/LSTM (zero initial state),
     its output joined with the clip embedding by a projection, token logits against the label
     embeddings; trained with per-step cross-entropy on the frequency-ordered label sequence
-    with END (teacher forcing); beam search at inference. The network's logits are unused."""
+    with END (teacher forcing); beam search at inference. The network's logits are unused
+    (zero gradient, `keep_in_graph`)."""
 
     def __init__(
         self,
@@ -279,7 +280,7 @@ class CNNRNNHead(OrderedRNNHead):
         )
 
     def loss(self, logits: Tensor, embedding: Tensor, targets: Tensor) -> Tensor:
-        return self.sequence_loss(self.condition(logits, embedding), targets)
+        return keep_in_graph(self.sequence_loss(self.condition(logits, embedding), targets), logits)
 
 
 @register_head("scnn_rnn")
@@ -334,7 +335,8 @@ class SCNNRNNHead(OrderedRNNHead):
     def loss(self, logits: Tensor, embedding: Tensor, targets: Tensor) -> Tensor:
         z = self.concept_logits(logits, embedding)
         bce = F.binary_cross_entropy_with_logits(z, targets.float())
-        return bce + self.lam * self.sequence_loss(torch.sigmoid(z), targets)
+        loss = bce + self.lam * self.sequence_loss(torch.sigmoid(z), targets)
+        return loss if self.concept is None else keep_in_graph(loss, logits)
 
 
 @register_head("ria")
@@ -348,7 +350,8 @@ class RIAHead(RecurrentHead):
     all candidates. The chosen label is fed back and masked; END is the target once none remain
     (so the output length is free). Mean over the steps taken. GRU initialised from and
     conditioned on the clip embedding (a pooled vector, so no spatial attention); beam search
-    (`beam_size=1`: greedy) at inference. The network's logits are unused."""
+    (`beam_size=1`: greedy) at inference. The network's logits are unused
+    (zero gradient, `keep_in_graph`)."""
 
     def __init__(
         self,
@@ -404,4 +407,4 @@ class RIAHead(RecurrentHead):
             remaining = remaining & ~picked[:, :c]
             active = active & has[:, 0]
             tokens = chosen[:, None]
-        return total / max(1, steps)
+        return keep_in_graph(total / max(1, steps), logits)

@@ -351,14 +351,35 @@ def _validate(
     device: torch.device,
     use_amp: bool,
 ) -> tuple[dict[str, float], DecisionRule, dict[str, float]]:
+    """Metrics of the decision that will be used: for exportable heads the served rule
+    (calibrated per-tag thresholds + group limits), for the others the head's own `predict`."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
         scores = predict(net, data.val, ispec, head)
     truth = data.y_val.astype(bool)
     thresholds = calibrate_thresholds(scores, truth)
     head.set_thresholds(thresholds)
     rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
-    metrics = evaluate_predictions(scores, rule.predict(scores), truth, TAGS, TAG_GROUPS)
+    if head.exportable:
+        sets = rule.predict(scores)
+    else:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            sets = head_sets(net, data.val, ispec, head)
+    metrics = evaluate_predictions(scores, sets, truth, TAGS, TAG_GROUPS)
     return {f"val_{k}": v for k, v in metrics.items()}, rule, metrics
+
+
+@torch.no_grad()
+def head_sets(
+    model: torch.nn.Module, frames: FrameSource, spec: InputSpec, head: MultiLabelHead
+) -> np.ndarray:
+    """(N, C) bool tag sets by the head's own decision (decoders, count estimators)."""
+    model.eval()
+    head.eval()
+    out = []
+    for idx in _batches(frames.n, 64, None):
+        logits, emb = (t.float() for t in model(normalise(frames.take(idx), spec.mean, spec.std)))
+        out.append(head.predict(logits, emb).cpu().numpy())
+    return np.concatenate(out).astype(bool)
 
 
 def evaluate_epoch(out_dir: str | Path, epoch: int) -> dict[str, Any]:
