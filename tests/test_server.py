@@ -319,6 +319,27 @@ def test_a_crashing_decoder_fails_only_its_request(
         assert srv.decode_pool is not None and srv.decode_pool.restarts == 1
 
 
+def test_bearer_token_authentication(model_repo: Path, clip_bytes: bytes, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# rotated monthly\nsecret-one\n\nsecret-two\n")
+    cfg = make_config(model_repo, auth_token_file=tokens)
+    with running_server(cfg) as (srv, _):
+        target = f"127.0.0.1:{srv.port}"
+        for token in (None, "wrong", "secret-one x"):
+            with VidtagClient(target, token=token) as c, pytest.raises(grpc.RpcError) as err:
+                c.tag(clip_bytes)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with VidtagClient(target) as c:
+            assert c.health() == "SERVING"  # probes need no token
+            with pytest.raises(grpc.RpcError) as err:
+                c.tag(clip_bytes, chunk_bytes=4096)  # the streaming method is guarded too
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        for token in ("secret-one", "secret-two"):
+            with VidtagClient(target, token=token) as c:
+                assert c.tag(clip_bytes).tags and c.list_models().models
+                assert c.tag(clip_bytes, chunk_bytes=4096).tags
+
+
 # ---------------------------------------------------------------- health, reflection
 
 

@@ -70,9 +70,13 @@ class VidtagClient:
         target: str,
         timeout: float | None = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        """`token`: sent as `authorization: Bearer <token>` on every call (for servers run
+        with --auth-token-file)."""
         self.target = target
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = grpc.insecure_channel(
             target,
             options=[
@@ -133,7 +137,7 @@ class VidtagClient:
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=self._timeout(timeout))
+            return method(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as exc:
             mapped = _as_vidtag_error(exc)
             if mapped is None:

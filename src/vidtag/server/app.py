@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.errors import ModelError
+from vidtag.server.auth import TokenAuthInterceptor, read_tokens
 from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
 from vidtag.server.decode_pool import DecodePool, DecodePoolConfig
@@ -127,6 +128,11 @@ class VidtagServer:
                 ("grpc.max_send_message_length", cfg.max_send_bytes),
             ],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            interceptors=(
+                [TokenAuthInterceptor(read_tokens(cfg.auth_token_file))]
+                if cfg.auth_token_file is not None
+                else None
+            ),
         )
         pb_grpc.add_VideoTaggerServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -161,6 +161,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=_D.auth_token_file,
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>' metadata on VideoTagger calls, with a "
+        "token from FILE (one per line); health and reflection stay open (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -193,6 +201,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "repository_poll_s": ("repository_poll_s", None),
     "metrics_port": ("metrics_port", lambda p: None if p < 0 else p),
     "metrics_host": ("metrics_host", None),
+    "auth_token_file": ("auth_token_file", None),
 }
 
 

@@ -49,6 +49,9 @@ class ServeConfig:
     # Prometheus /metrics over HTTP on this port (0: any free port; None: no metrics endpoint).
     metrics_port: int | None = 9464
     metrics_host: str = "0.0.0.0"
+    # File of bearer tokens (one per line): VideoTagger calls without one get UNAUTHENTICATED;
+    # health and reflection stay open. None: no authentication.
+    auth_token_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
