@@ -71,19 +71,35 @@ class VidtagClient:
         timeout: float | None = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         token: str | None = None,
+        tls: bool = False,
+        tls_ca_file: str | Path | None = None,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
     ) -> None:
         """`token`: sent as `authorization: Bearer <token>` on every call (for servers run
-        with --auth-token-file)."""
+        with --auth-token-file). `tls` (implied by any tls_* file): a TLS channel trusting
+        `tls_ca_file` (default: the system roots); `tls_cert_file`/`tls_key_file` present a
+        client certificate (mutual TLS)."""
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls or tls_ca_file or tls_cert_file or tls_key_file:
+
+            def read(p: str | Path | None) -> bytes | None:
+                return Path(p).read_bytes() if p else None
+
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(tls_ca_file),
+                private_key=read(tls_key_file),
+                certificate_chain=read(tls_cert_file),
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.VideoTaggerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -139,7 +139,16 @@ class VidtagServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(cfg.address)
+        if cfg.tls_cert_file is not None and cfg.tls_key_file is not None:
+            client_ca = cfg.tls_client_ca_file.read_bytes() if cfg.tls_client_ca_file else None
+            credentials = grpc.ssl_server_credentials(
+                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(cfg.address, credentials)
+        else:
+            port = server.add_insecure_port(cfg.address)
         if port == 0:
             raise OSError(f"could not bind {cfg.address}")
         await server.start()

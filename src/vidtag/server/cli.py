@@ -169,6 +169,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "token from FILE (one per line); health and reflection stay open (default: %(default)s)",
     )
     parser.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        default=_D.tls_cert_file,
+        metavar="PEM",
+        help="serve TLS with this certificate chain (needs --tls-key-file) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-key-file",
+        type=Path,
+        default=_D.tls_key_file,
+        metavar="PEM",
+        help="private key of --tls-cert-file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-client-ca-file",
+        type=Path,
+        default=_D.tls_client_ca_file,
+        metavar="PEM",
+        help="mutual TLS: require client certificates signed by this CA (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -202,6 +223,9 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "metrics_port": ("metrics_port", lambda p: None if p < 0 else p),
     "metrics_host": ("metrics_host", None),
     "auth_token_file": ("auth_token_file", None),
+    "tls_cert_file": ("tls_cert_file", None),
+    "tls_key_file": ("tls_key_file", None),
+    "tls_client_ca_file": ("tls_client_ca_file", None),
 }
 
 
