@@ -631,25 +631,11 @@ def default_pool() -> NvdecDecoderPool:
 
 
 @dataclass(frozen=True)
-class GpuClip:
+class GpuClip(DecodedClip):
     """`DecodedClip` with the frames left on the GPU: (T, 3, H, W) torch tensor, uint8 RGB (or
     float32 in [0, 1]), display orientation."""
 
     frames: Any
-    timestamps: tuple[float, ...]
-    targets: tuple[float, ...]
-    frames_decoded: int
-    packets_planned: int
-    corrupt_packets: int
-    mean_deviation: float
-    width: int
-    height: int
-    duration: float
-    fps: float
-    codec: str
-    rotation: int
-    keyframes: int
-    seconds: float
 
     def to_host(self) -> DecodedClip:
         """Copy to a `DecodedClip`: (T, H, W, 3) uint8 numpy frames."""
