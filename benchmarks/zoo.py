@@ -29,6 +29,7 @@ from vidtag.train.trainer import (
     _cached,
     build_head,
     head_sets,
+    input_spec,
     predict,
     sampling_spec,
     train,
@@ -72,12 +73,12 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
     head_module.load_state_dict(best["head"])
     frames, labels = _cached(args.test, Path(args.work) / "cache-test", sampling_spec(cfg), cfg)
     test = FrameSource(frames, torch.device("cpu"))
-    scores = predict(net, test, _ispec(cfg), head_module)
+    scores = predict(net, test, input_spec(cfg), head_module)
     if head_module.exportable:  # the rule the server would apply
         rule = DecisionRule(TAGS, TAG_GROUPS, tuple(best["thresholds"]), best["group_limits"])
         pred = rule.predict(scores)
     else:  # the head's own decision (decoders, count estimators)
-        pred = head_sets(net, test, _ispec(cfg), head_module)
+        pred = head_sets(net, test, input_spec(cfg), head_module)
     m = evaluate_predictions(scores, pred, labels.astype(bool), TAGS, TAG_GROUPS)
     history = json.loads((out / "history.json").read_text())
     params = sum(p.numel() for p in net.parameters())
@@ -90,12 +91,6 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
         "params_M": params / 1e6,
         **{k: float(v) for k, v in m.items()},
     }
-
-
-def _ispec(cfg: TrainConfig):
-    from vidtag.train.trainer import input_spec
-
-    return input_spec(cfg)
 
 
 def main() -> None:

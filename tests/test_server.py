@@ -29,7 +29,8 @@ from vidtag.server.app import VidtagServer
 from vidtag.server.background import running_server
 from vidtag.server.config import MiB, ServeConfig
 from vidtag.server.errors import INTERNAL_MESSAGE, RpcFailure, status_for
-from vidtag.server.servicer import SERVICE_NAME, _before, _deadline
+from vidtag.server.pipeline import before_deadline as _before
+from vidtag.server.servicer import SERVICE_NAME, _deadline
 from vidtag.v1 import tagger_pb2 as pb
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 

@@ -21,6 +21,12 @@ from grpc_reflection.v1alpha import reflection
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.errors import ModelError
+from vidtag.runtime.repository import (
+    default_repository,
+    list_model_names,
+    list_versions,
+    resolve_model,
+)
 from vidtag.server.auth import TokenAuthInterceptor, read_tokens
 from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
@@ -38,21 +44,6 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def load_tagger(config: ServeConfig) -> Tagger:
-    """Load (not warm up) the configured model from the configured repository; blocking."""
-    from vidtag.runtime.repository import default_repository
-    from vidtag.runtime.tagger import Tagger
-
-    repo = config.model_repository if config.model_repository is not None else default_repository()
-    return Tagger.from_repository(
-        repo,
-        config.model_name,
-        config.model_version,
-        limits=_limits(config),
-        threads=config.inference_threads,
-    )
 
 
 def _limits(config: ServeConfig) -> DecodeLimits:
@@ -166,23 +157,21 @@ class VidtagServer:
         loop = asyncio.get_running_loop()
         if self.decode_pool is not None:
             await self.decode_pool.start()
-        tagger = await loop.run_in_executor(self.executor, load_tagger, self.config)
-        model = self._serve_model(tagger)
-        await loop.run_in_executor(self.executor, model.warmup)
+        cfg = self.config
+        model_dir = resolve_model(self._repository(), cfg.model_name, cfg.model_version)
+        model = await loop.run_in_executor(self.executor, self._load_dir, model_dir)
         await model.batcher.start()
         self.models.add(model, default=True)
         await self.scan_repository()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, _SERVING)
-        log.info("model %s/%s loaded and warm: SERVING", tagger.name, tagger.version)
+        log.info("model %s/%s loaded and warm: SERVING", model.name, model.version)
         if self.config.repository_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch())
 
     async def scan_repository(self) -> list[tuple[str, str]]:
         """Load every model version in the repository that is neither loaded nor refused in
         its current state; return the ones loaded now."""
-        from vidtag.runtime.repository import list_model_names, list_versions
-
         repo = self._repository()
         loop = asyncio.get_running_loop()
         added = []
@@ -217,8 +206,6 @@ class VidtagServer:
         return added
 
     def _repository(self) -> Path:
-        from vidtag.runtime.repository import default_repository
-
         repo = self.config.model_repository
         return Path(repo) if repo is not None else default_repository()
 
@@ -242,7 +229,7 @@ class VidtagServer:
             model_dir, limits=_limits(self.config), threads=self.config.inference_threads
         )
         model = self._serve_model(tagger)
-        model.warmup()
+        model.warmup(decode=self.decode_pool is None)  # pool workers warm their own decoders
         return model
 
     async def _watch(self) -> None:

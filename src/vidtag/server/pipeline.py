@@ -8,10 +8,12 @@ about timings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import replace
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -26,6 +28,7 @@ from vidtag.server.errors import RpcFailure
 from vidtag.server.metrics import Metrics
 
 Decoded = tuple[DecodedClip, np.ndarray, float]  # clip, preprocessed (3,T,H,W), decode seconds
+T = TypeVar("T")
 DecodeStage = Callable[[bytes, "ServedModel", float | None], Awaitable[Decoded]]
 
 
@@ -89,10 +92,13 @@ class ServedModel:
         n = len(batch)
         return scores, emb, np.full(n, n), np.full(n, time.perf_counter() - t0)
 
-    def warmup(self) -> None:
-        """Decode and infer once, then infer once at the largest batch (blocking)."""
-        self.tagger.warmup()
+    def warmup(self, decode: bool = True) -> None:
+        """Decode (in this process) and infer once, then infer at the largest batch (blocking)."""
         spec = self.meta.input
+        if decode:
+            self.tagger.warmup()
+        else:
+            self.tagger.infer(np.zeros((1, 3, spec.frames, spec.height, spec.width), np.float32))
         largest = np.zeros(
             (self.batcher.config.largest_batch, 3, spec.frames, spec.height, spec.width),
             np.float32,
@@ -101,14 +107,20 @@ class ServedModel:
         if self._narrow is not None:
             self.tagger.infer(largest, self._narrow)
 
-    def decode_here(self, video: bytes, deadline: float | None) -> Decoded:
+    def decode_here(self, video: bytes) -> Decoded:
         """Decode and preprocess in the calling thread (the in-process decode stage)."""
-        if deadline is not None and time.monotonic() >= deadline:
-            raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while queued")
         t0 = time.perf_counter()
         clip = self.tagger.decode(video)
         x = preprocess(clip.frames, self.meta.input)
         return clip, x, time.perf_counter() - t0
+
+
+def before_deadline(deadline: float | None, fn: Callable[[], T]) -> T:
+    """Run `fn` unless `deadline` (monotonic) passed while the request waited in a queue: a
+    decode nobody will read is not spent."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while queued")
+    return fn()
 
 
 def thread_decode_stage(executor: Executor) -> DecodeStage:
@@ -116,7 +128,8 @@ def thread_decode_stage(executor: Executor) -> DecodeStage:
 
     async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, model.decode_here, video, deadline)
+        work = functools.partial(model.decode_here, video)
+        return await loop.run_in_executor(executor, before_deadline, deadline, work)
 
     return stage
 

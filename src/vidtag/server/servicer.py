@@ -11,10 +11,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from vidtag.server.pipeline import DecodeStage, ServedModel
 
 access_log = logging.getLogger("vidtag.server.access")
-T = TypeVar("T")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VideoTagger"].full_name
 
@@ -127,14 +126,6 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     if remaining <= 0:
         raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before work began")
     return time.monotonic() + remaining
-
-
-def _before(deadline: float | None, fn: Callable[[], T]) -> T:
-    # Runs on a worker thread: a request that waited in the queue past its deadline is dropped
-    # instead of spending a decode on an answer nobody will read.
-    if deadline is not None and time.monotonic() >= deadline:
-        raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while queued")
-    return fn()
 
 
 def request_options(request: pb.TagVideoRequest) -> tuple[int | None, float | None]:

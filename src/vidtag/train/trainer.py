@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,28 +124,36 @@ def build_head(name: str, net: torch.nn.Module) -> MultiLabelHead:
 
 
 @torch.no_grad()
-def predict(
+def _per_batch(
     model: torch.nn.Module,
     frames: FrameSource,
     spec: InputSpec,
-    head: MultiLabelHead | None = None,
+    head: MultiLabelHead,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batch: int = 64,
 ) -> np.ndarray:
-    """Per-tag scores of the head's inference rule (sigmoid of the logits without a head)."""
+    """`fn(logits, embedding)` over every clip, in batches, concatenated."""
     model.eval()
-    if head is not None:
-        head.eval()
+    head.eval()
     out = []
     for idx in _batches(frames.n, batch, None):
-        x = normalise(frames.take(idx), spec.mean, spec.std)
-        logits, emb = model(x)
-        s = (
-            torch.sigmoid(logits.float())
-            if head is None
-            else head.scores(logits.float(), emb.float())
-        )
-        out.append(s.float().cpu().numpy())
+        logits, emb = (t.float() for t in model(normalise(frames.take(idx), spec.mean, spec.std)))
+        out.append(fn(logits, emb).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(TAGS)), np.float32)
+
+
+def predict(
+    model: torch.nn.Module, frames: FrameSource, spec: InputSpec, head: MultiLabelHead
+) -> np.ndarray:
+    """(N, C) scores of the head's inference rule."""
+    return _per_batch(model, frames, spec, head, lambda lo, e: head.scores(lo, e).float())
+
+
+def head_sets(
+    model: torch.nn.Module, frames: FrameSource, spec: InputSpec, head: MultiLabelHead
+) -> np.ndarray:
+    """(N, C) bool tag sets by the head's own decision (decoders, count estimators)."""
+    return _per_batch(model, frames, spec, head, head.predict).astype(bool)
 
 
 @dataclass
@@ -361,25 +370,11 @@ def _validate(
     rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
     if head.exportable:
         sets = rule.predict(scores)
-    else:
+    else:  # after set_thresholds: threshold-based decoders use them
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             sets = head_sets(net, data.val, ispec, head)
     metrics = evaluate_predictions(scores, sets, truth, TAGS, TAG_GROUPS)
     return {f"val_{k}": v for k, v in metrics.items()}, rule, metrics
-
-
-@torch.no_grad()
-def head_sets(
-    model: torch.nn.Module, frames: FrameSource, spec: InputSpec, head: MultiLabelHead
-) -> np.ndarray:
-    """(N, C) bool tag sets by the head's own decision (decoders, count estimators)."""
-    model.eval()
-    head.eval()
-    out = []
-    for idx in _batches(frames.n, 64, None):
-        logits, emb = (t.float() for t in model(normalise(frames.take(idx), spec.mean, spec.std)))
-        out.append(head.predict(logits, emb).cpu().numpy())
-    return np.concatenate(out).astype(bool)
 
 
 def evaluate_epoch(out_dir: str | Path, epoch: int) -> dict[str, Any]:
