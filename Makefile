@@ -15,7 +15,7 @@ N_TRAIN    ?= 2400
 N_TEST     ?= 200
 WORK       ?= build/stb1
 MODEL_VERSION ?= $(shell ls $(MODELS)/stb1 2>/dev/null | sort -n | tail -1 | awk '{print $$1 + 1}')
-GPU_BUDGET ?= 300
+GPU_END_BY ?= 555
 # Extra arguments for benchmarks/decode.py, e.g. BENCH_ARGS=--quick or BENCH_ARGS="--full --repeat 3".
 BENCH_ARGS ?=
 
@@ -48,10 +48,11 @@ lint: install
 	$(VENV)/bin/mypy src
 
 # The bundled default model (stb1/2, x2plus1d_m) was trained on one GPU by this target, run on a
-# CUDA machine: synthesise, cache, train for GPU_BUDGET seconds, export as the next version.
+# CUDA machine in GPU_END_BY seconds: synthesise while training in stages on the clips written so
+# far, export as the next version (scripts/train_gpu.sh).
 model-gpu: install
-	ARCHS=x2plus1d_m NAME=stb1 VERSION=$(MODEL_VERSION) N_TRAIN=$(N_TRAIN) SEED_TRAIN=$(SEED_TRAIN) \
-	  BUDGET=$(GPU_BUDGET) WORK=$(WORK)/gpu PY=$(PY) bash scripts/train_gpu.sh
+	ARCH=x2plus1d_m NAME=stb1 VERSION=$(MODEL_VERSION) SEED_TRAIN=$(SEED_TRAIN) \
+	  END_BY=$(GPU_END_BY) WORK=$(WORK)/gpu PY=$(PY) bash scripts/train_gpu.sh
 	cp -r $(WORK)/gpu/models/stb1/$(MODEL_VERSION) $(MODELS)/stb1/
 	$(MAKE) eval-default
 

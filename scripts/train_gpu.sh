@@ -1,73 +1,104 @@
 #!/usr/bin/env bash
-# Train default-model candidates on one GPU machine in a single command:
-#   1. synthesise the STB-1 train split on every core,
-#   2. decode it once through the serving decoder into a shared frame cache,
-#   3. train every architecture in ARCHS concurrently on the GPU under one wall-time budget
-#      (the LR schedule follows wall time, so each gets a complete schedule),
-#   4. export each best checkpoint as an artifact (ONNX parity checked) and pack the results.
-# Knobs (environment): N_TRAIN SEED_TRAIN BUDGET ARCHS BATCH LR DEVICE WORK RESULTS, and END_BY:
-# seconds from the start by which everything must be packed (training gets what is left of it
-# after synthesis and caching, less RESERVE for export), for a command with a hard time limit.
-# The packed results unpack into $WORK/models/<NAME or stb1-<arch>>/<VERSION> plus run histories
-# and logs (NAME only with a single architecture).
+# Train the default model on one GPU machine in one command with a hard time limit:
+#   1. synthesise the STB-1 train split on the CPU cores, time-boxed to SYNTH_S seconds;
+#   2. meanwhile (else the GPU would idle while the CPUs encode), at each time in STAGES train on
+#      the clips written so far, until the next stage or the end of synthesis, each stage
+#      starting from the previous one's weights with a fresh LR schedule;
+#   3. train on every clip in the same way until END_BY - RESERVE seconds;
+#   4. export the best checkpoint (ONNX parity checked) and pack the results into RESULTS.
+# Clips whose index is a multiple of 10 form the validation split in both stages and are never
+# trained on, so the per-tag thresholds are calibrated on unseen clips. STAGES="": one stage.
+# Knobs (environment): N_TRAIN (upper bound; SYNTH_S decides) SEED_TRAIN SYNTH_S STAGES END_BY
+# RESERVE ARCH NAME VERSION BATCH LR AUGMENT DEVICE WORK RESULTS SYNTH_WORKERS PY.
+# The packed results unpack into $WORK/models/$NAME/$VERSION plus the runs' histories and logs.
 set -euo pipefail
 
-N_TRAIN=${N_TRAIN:-2400}
+N_TRAIN=${N_TRAIN:-6000}
 SEED_TRAIN=${SEED_TRAIN:-1}
-BUDGET=${BUDGET:-240}
-END_BY=${END_BY:-0}
-RESERVE=${RESERVE:-60}
-NAME=${NAME:-}
+SYNTH_S=${SYNTH_S:-300}
+STAGES=${STAGES:-"90 200"}
+END_BY=${END_BY:-540}
+RESERVE=${RESERVE:-45}
+ARCH=${ARCH:-x2plus1d_m}
+NAME=${NAME:-stb1}
 VERSION=${VERSION:-1}
-ARCHS=${ARCHS:-"x2plus1d_s x2plus1d_d x2plus1d_m"}
-BATCH=${BATCH:-16}
-LR=${LR:-0.002}
+BATCH=${BATCH:-32}
+LR=${LR:-0.003}
+AUGMENT=${AUGMENT:-full}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-build/gpu}
 RESULTS=${RESULTS:-$WORK/results.tar.gz}
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 PY=${PY:-python3}
+CORES=$(nproc)
+# leave two cores to the trainer, whose Python loop launches the GPU kernels
+SYNTH_WORKERS=${SYNTH_WORKERS:-$((CORES > 3 ? CORES - 2 : 1))}
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+stamp() { echo "[$(date +%H:%M:%S) +${SECONDS}s] $*"; }
 mkdir -p "$WORK"
+TRAIN="$WORK/train"
 
-if [ ! -f "$WORK/train/manifest.jsonl" ]; then
-    stamp "synth $N_TRAIN train clips (seed $SEED_TRAIN) on $(nproc) cores"
-    $PY -m vidtag.cli synth --split train --count "$N_TRAIN" --seed "$SEED_TRAIN" \
-        --out "$WORK/train" --quiet >/dev/null
-fi
+# split MANIFEST STEM: STEM.train.jsonl and STEM.val.jsonl next to the clips (index % 10 == 0: val)
+split() {
+    $PY - "$1" "$TRAIN/$2" <<'EOF'
+import json, sys
+rows = [json.loads(x) for x in open(sys.argv[1]) if x.strip()]
+for part, keep in (("train", lambda r: r["index"] % 10), ("val", lambda r: r["index"] % 10 == 0)):
+    with open(f"{sys.argv[2]}.{part}.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if keep(r))
+print(f"{len(rows)} clips")
+EOF
+}
 
-stamp "frame cache"
-$PY -m vidtag.cli cache --manifest "$WORK/train/manifest.jsonl" --out "$WORK/cache-train" --quiet
+# train RUN STEM BUDGET [INIT]
+train() {
+    mkdir -p "$1"
+    stamp "train $ARCH on $2 for ${3}s on $DEVICE${4:+ from $4}"
+    $PY -m vidtag.cli train --manifest "$TRAIN/$2.train.jsonl" --val-manifest "$TRAIN/$2.val.jsonl" \
+        --out "$1" --arch "$ARCH" --device "$DEVICE" --time-budget "$3" --epochs 100000 \
+        --batch-size "$BATCH" --lr "$LR" --augment "$AUGMENT" --threads 2 --no-keep-epochs \
+        ${4:+--init "$4"} --quiet >"$1/train.log" 2>&1
+    tail -n 2 "$1/train.log" | head -n 1 | cut -c 1-400
+}
 
-if [ "$END_BY" -gt 0 ]; then
-    BUDGET=$((END_BY - SECONDS - RESERVE))
-    [ "$BUDGET" -ge 30 ] || { stamp "only ${BUDGET}s left for training"; exit 1; }
-fi
-pids=()
-for arch in $ARCHS; do
-    run="$WORK/run-$arch"
-    mkdir -p "$run"
-    ln -sfn ../cache-train "$run/cache-train"
-    stamp "train $arch for ${BUDGET}s on $DEVICE"
-    $PY -m vidtag.cli train --manifest "$WORK/train/manifest.jsonl" --out "$run" \
-        --arch "$arch" --device "$DEVICE" --time-budget "$BUDGET" --epochs 100000 \
-        --batch-size "$BATCH" --lr "$LR" --threads 4 --quiet >"$run/train.log" 2>&1 &
-    pids+=($!)
+stamp "synth up to $N_TRAIN train clips (seed $SEED_TRAIN) for ${SYNTH_S}s on $SYNTH_WORKERS of $CORES cores"
+$PY -m vidtag.cli synth --split train --count "$N_TRAIN" --seed "$SEED_TRAIN" --out "$TRAIN" \
+    --workers "$SYNTH_WORKERS" --time-limit "$SYNTH_S" --quiet >"$WORK/synth.log" 2>&1 &
+synth_pid=$!
+
+init=""
+stages=($STAGES)
+for i in "${!stages[@]}"; do
+    at=${stages[$i]}
+    until_s=${stages[$((i + 1))]:-$SYNTH_S}
+    sleep $((at > SECONDS ? at - SECONDS : 0))
+    stem="stage$((i + 1))"
+    cp "$TRAIN/manifest.partial.jsonl" "$WORK/$stem.jsonl"
+    stamp "$stem: $(split "$WORK/$stem.jsonl" "$stem") written so far"
+    # 10 s: start-up and decoding the new clips into the frame cache
+    train "$WORK/run-$stem" "$stem" $((until_s > SECONDS + 40 ? until_s - SECONDS - 10 : 30)) "$init" ||
+        stamp "$stem failed: $(tail -n 3 "$WORK/run-$stem/train.log")"
+    [ -f "$WORK/run-$stem/best.pt" ] && init="$WORK/run-$stem/best.pt"
 done
+manifest="$TRAIN/manifest.jsonl"
+wait "$synth_pid" || { manifest="$TRAIN/manifest.partial.jsonl"; stamp "synth failed: $(tail -n 3 "$WORK/synth.log")"; }
+stamp "synth done: $(split "$manifest" all)"
+
+budget=$((END_BY - RESERVE - SECONDS - 15)) # 15 s: decoding the new clips into the frame cache
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-stamp "training done (status $status)"
-
-for arch in $ARCHS; do
-    run="$WORK/run-$arch"
-    tail -n 1 "$run/train.log" || true
-    if [ -f "$run/best.pt" ]; then
-        $PY -m vidtag.cli export --checkpoint "$run/best.pt" --out "$WORK/models" \
-            --name "${NAME:-stb1-$arch}" --version "$VERSION" >>"$run/train.log" 2>&1 || status=1
-    fi
-done
+if [ "$budget" -ge 30 ]; then
+    train "$WORK/run-all" all "$budget" "$init" || status=1
+    best="$WORK/run-all/best.pt"
+else
+    stamp "only ${budget}s left: exporting the last stage"
+    best="$init"
+fi
+stamp "export $best"
+$PY -m vidtag.cli export --checkpoint "$best" --out "$WORK/models" --name "$NAME" \
+    --version "$VERSION" >"$WORK/export.log" 2>&1 || { status=1; cat "$WORK/export.log"; }
 
 stamp "pack $RESULTS"
-tar -czf "$RESULTS" -C "$WORK" models $(cd "$WORK" && ls -d run-*/history.json run-*/train.log 2>/dev/null)
+tar -czf "$RESULTS" -C "$WORK" models synth.log export.log \
+    $(cd "$WORK" && ls -d run-*/history.json run-*/train.log run-*/curves.png 2>/dev/null)
+stamp "done (status $status)"
 exit $status

@@ -11,7 +11,7 @@ import torch
 from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.preprocess import preprocess
 from vidtag.tags import TAG_INDEX, TAGS
-from vidtag.train.augment import BatchAugmenter, normalise
+from vidtag.train.augment import BatchAugmenter, jitter, normalise
 from vidtag.train.trainer import lr_factor
 
 
@@ -77,3 +77,22 @@ def test_lr_schedule_warms_up_then_anneals() -> None:
     assert lr_factor(1.0, 0.15) == pytest.approx(1e-4)
     xs = [lr_factor(p, 0.15) for p in np.linspace(0.15, 1.0, 20)]
     assert all(a >= b for a, b in itertools.pairwise(xs))
+
+
+def test_jitter_crops_the_same_box_in_every_frame_and_permutes_colours() -> None:
+    gen = torch.Generator().manual_seed(3)
+    # a bright square that moves right by 4 px a frame on a dark background, channel 0 only
+    x = torch.zeros(64, 3, 4, 32, 32)
+    for t in range(4):
+        x[:, 0, t, 12:20, 4 + 4 * t : 12 + 4 * t] = 1.0
+    y = jitter(x, gen)
+    assert y.shape == x.shape
+    lit = y.amax(dim=(3, 4))  # (N, 3, T): which channel carries the square
+    channel = lit[:, :, 0].argmax(dim=1)
+    assert len(set(channel.tolist())) > 1  # colours permuted across samples
+    assert torch.all(lit.argmax(dim=1) == channel[:, None])  # the same channel in every frame
+    cols = torch.arange(32, dtype=torch.float32)
+    mass = y[torch.arange(64), channel]  # (N, T, H, W)
+    cx = (mass.sum(dim=2) * cols).sum(dim=2) / mass.sum(dim=(2, 3))
+    assert torch.all(cx[:, 1:] > cx[:, :-1])  # still moving right: one box for the whole clip
+    assert not torch.allclose(y[:, :, 0].amax(dim=1), x[:, :, 0].amax(dim=1))  # cropped

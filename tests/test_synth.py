@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,27 @@ def test_generate_pool_writes_ordered_manifest(tmp_path: Path) -> None:
         tmp_path / "serial", 3, "train", seed=3, workers=1, progress=False, overrides=TINY
     )
     assert serial.read_text() == m.read_text()
+
+
+def test_generate_time_limit_stops_early_and_lists_what_it_wrote(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    m = generate(
+        tmp_path, 2000, "train", seed=3, workers=2, progress=False, overrides=TINY, time_limit_s=1.0
+    )
+    assert time.monotonic() - t0 < 20  # 2000 clips take minutes: only those in flight finish
+    rows = [json.loads(x) for x in m.read_text().splitlines()]
+    assert 0 < len(rows) < 100
+    assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
+    assert {p.name for p in tmp_path.glob("*.mp4")} == {r["path"] for r in rows}
+    partial = [
+        json.loads(x) for x in (tmp_path / "manifest.partial.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["index"] for r in partial) == [r["index"] for r in rows]
+    serial = generate(
+        tmp_path / "serial", 50, "train", seed=3, workers=1, progress=False, overrides=TINY,
+        time_limit_s=0.5,
+    )  # fmt: skip
+    assert 0 < len(serial.read_text().splitlines()) < 50
 
 
 @pytest.mark.parametrize(("codec", "container"), CODECS)

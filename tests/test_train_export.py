@@ -82,6 +82,21 @@ def test_time_budget_ends_training_at_the_first_epoch_past_it(
     assert hist[0]["lr"] == pytest.approx(2e-3 * 1e-4)  # the schedule ran to its end
 
 
+def test_init_warm_starts_from_another_run(tiny_manifest: Path, tmp_path: Path) -> None:
+    first = train(_cfg(tiny_manifest, tmp_path / "a", epochs=1))
+    warm = train(_cfg(tiny_manifest, tmp_path / "b", epochs=1, init=str(first), lr=1e-9,
+                      warmup=0.0, augment="full"))  # fmt: skip
+    a, b = (torch.load(p, weights_only=False)["model"] for p in (first, warm))
+    weights = [k for k in a if k.endswith("weight")]
+    # lr 1e-9: the second run's weights are the first run's, not a fresh initialisation
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in weights)
+    fresh = train(_cfg(tiny_manifest, tmp_path / "c", epochs=1, seed=5, lr=1e-9, warmup=0.0))
+    c = torch.load(fresh, weights_only=False)["model"]
+    assert not all(torch.allclose(a[k], c[k], atol=1e-5) for k in weights)
+    with pytest.raises(ValueError, match="holds x2plus1d_xs/bce, not x2plus1d_xs/warp"):
+        train(_cfg(tiny_manifest, tmp_path / "d", epochs=1, init=str(first), loss="warp"))
+
+
 def test_export_refuses_a_network_onnx_cannot_match(tmp_path: Path) -> None:
     class Drifting(torch.nn.Module):
         """Eager output depends on a Python-side counter that the ONNX trace freezes."""

@@ -22,6 +22,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers or None,
         progress=not args.quiet,
+        time_limit_s=args.time_limit,
     )
     print(path)
     return 0
@@ -73,6 +74,8 @@ def _train(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         accumulate=args.accumulate,
         keep_epochs=not args.no_keep_epochs,
+        augment=args.augment,
+        init=args.init,
     )
     print(train(cfg))
     return 0
@@ -188,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="seconds: start no clip after this; the manifest lists the clips written",
+    )
     p.add_argument("--quiet", action="store_true")
     handlers["synth"] = _synth
 
@@ -223,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.15, help="warm-up fraction of the schedule")
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimiser step")
     p.add_argument("--no-keep-epochs", action="store_true", help="do not save every epoch")
+    p.add_argument(
+        "--augment",
+        choices=["flip", "full"],
+        default="flip",
+        help="flip: label-aware flips and time reversal; full: also crop-resize and colour "
+        "permutation",
+    )
+    p.add_argument(
+        "--init", metavar="CKPT", help="start from this checkpoint's weights (same arch and loss)"
+    )
     p.add_argument(
         "--eval-epoch",
         type=int,

@@ -6,9 +6,12 @@ Callers that run `generate` with workers > 1 from a script need the usual
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from vidtag.synth.sampling import sample_clip
 from vidtag.synth.spec import SPLIT_CODES, ClipSpec
 
 MANIFEST = "manifest.jsonl"
+PARTIAL = "manifest.partial.jsonl"
 
 
 def clip_spec(split: str, seed: int, index: int, overrides: dict[str, Any] | None) -> ClipSpec:
@@ -79,38 +83,78 @@ def generate(
     workers: int | None = None,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
+    time_limit_s: float = 0.0,
 ) -> Path:
     """Render+encode `count` labelled clips into out_dir; write out_dir/manifest.jsonl; return
-    its path. Rows are in index order whatever the worker scheduling."""
+    its path. Rows are in index order whatever the worker scheduling.
+
+    With `time_limit_s` > 0 no clip is started after that many seconds: the clips in progress
+    are finished and the manifest lists those written (a time-boxed split on a budgeted machine).
+    Each finished row is also appended to manifest.partial.jsonl at once, so another process can
+    start on the clips written so far.
+    """
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, not {split!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), split, seed, i, overrides) for i in range(count)]
     n_workers = max(1, min(workers or os.cpu_count() or 1, count))
+    deadline = time.monotonic() + time_limit_s if time_limit_s > 0 else math.inf
     bar = tqdm(total=count, disable=not progress, desc=f"stb1 {split}", unit="clip")
     rows: list[dict[str, Any]] = []
-    if n_workers == 1:
-        _quiet_worker()
-        for job in jobs:
-            rows.append(make_clip(job))
-            bar.update()
-    else:
-        # spawn, not fork: a child forked after PyAV is imported can hang inside FFmpeg. An
-        # executor (unlike multiprocessing.Pool) raises BrokenProcessPool if a worker dies.
-        pool = ProcessPoolExecutor(
-            n_workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
-        )
-        try:
-            for future in as_completed([pool.submit(make_clip, job) for job in jobs]):
-                rows.append(future.result())
-                bar.update()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    bar.close()
+    partial = (out / PARTIAL).open("w")
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        partial.write(json.dumps(row) + "\n")
+        partial.flush()
+        bar.update()
+
+    try:
+        if n_workers == 1:
+            _quiet_worker()
+            for job in jobs:
+                if time.monotonic() >= deadline:
+                    break
+                done(make_clip(job))
+        else:
+            _run_pool(jobs, n_workers, deadline, done)
+    finally:
+        partial.close()
+        bar.close()
     rows.sort(key=lambda r: r["index"])
     path = out / MANIFEST
     with path.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def _run_pool(
+    jobs: list[tuple[str, str, int, int, dict[str, Any] | None]],
+    n_workers: int,
+    deadline: float,
+    done: Callable[[dict[str, Any]], None],
+) -> None:
+    # spawn, not fork: a child forked after PyAV is imported can hang inside FFmpeg. An
+    # executor (unlike multiprocessing.Pool) raises BrokenProcessPool if a worker dies. Jobs are
+    # submitted two per worker at a time, so a deadline leaves little queued work to cancel.
+    pool = ProcessPoolExecutor(
+        n_workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
+    )
+    pending = iter(jobs)
+    running: set[Future[dict[str, Any]]] = set()
+    try:
+        while True:
+            while len(running) < 2 * n_workers and time.monotonic() < deadline:
+                job = next(pending, None)
+                if job is None:
+                    break
+                running.add(pool.submit(make_clip, job))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -3,6 +3,9 @@
 Each transform is drawn per sample with probability 1/2: horizontal flip (swaps move_left and
 move_right), vertical flip (swaps move_up and move_down) and time reversal (swaps both pairs and
 zoom_in with zoom_out). Normalisation matches `vidtag.runtime.preprocess.preprocess` exactly.
+`jitter` adds label-free transforms on normalised clips: a crop of 80-100 % of each side resized
+back (one box for all frames, so motion, zoom and scene tags are unchanged) and a permutation of
+the colour channels (no STB-1 tag depends on colour).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 HFLIP_SWAPS = (("move_left", "move_right"),)
 VFLIP_SWAPS = (("move_up", "move_down"),)
@@ -67,3 +71,24 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     inv = 1.0 / torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
     f = x.permute(0, 4, 1, 2, 3).to(torch.float32) * (1.0 / 255.0)
     return ((f - m) * inv).contiguous()
+
+
+def jitter(x: torch.Tensor, gen: torch.Generator, min_side: float = 0.8) -> torch.Tensor:
+    """Random crop-resize and channel permutation of normalised (N, 3, T, H, W) clips."""
+    n = len(x)
+    r = torch.rand(n, 3, generator=gen, device=gen.device).to(x.device, x.dtype)
+    side = min_side + (1.0 - min_side) * r[:, 0]
+    theta = torch.zeros(n, 3, 4, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = side  # x (width)
+    theta[:, 1, 1] = side  # y (height)
+    theta[:, 2, 2] = 1.0  # t unchanged
+    theta[:, 0, 3] = (1.0 - side) * (2.0 * r[:, 1] - 1.0)
+    theta[:, 1, 3] = (1.0 - side) * (2.0 * r[:, 2] - 1.0)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    perms = torch.tensor(
+        [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], device=x.device
+    )
+    pick = torch.randint(0, 6, (n,), generator=gen, device=gen.device).to(x.device)
+    order = perms[pick].view(n, 3, 1, 1, 1).expand_as(x)
+    return torch.gather(x, 1, order)

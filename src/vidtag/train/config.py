@@ -32,7 +32,11 @@ class TrainConfig:
     warmup: float = 0.15  # fraction of the schedule spent warming up
     accumulate: int = 1  # micro-batches per optimiser step (gradient accumulation)
     keep_epochs: bool = True  # also save every epoch's weights (for --eval-epoch)
+    augment: str = "flip"  # "flip": label-aware flips and time reversal; "full": also jitter
+    init: str | None = None  # start from this checkpoint's weights (same arch and loss)
 
     def __post_init__(self) -> None:
         if self.accumulate < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError(f"accumulate, batch_size and epochs must be >= 1: {self}")
+        if self.augment not in ("flip", "full"):
+            raise ValueError(f"augment must be 'flip' or 'full', not {self.augment!r}")

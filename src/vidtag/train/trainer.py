@@ -31,7 +31,7 @@ from vidtag.nets import create_model
 from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.decision import DecisionRule, observed_group_limits
 from vidtag.tags import TAG_GROUPS, TAGS
-from vidtag.train.augment import BatchAugmenter, normalise
+from vidtag.train.augment import BatchAugmenter, jitter, normalise
 from vidtag.train.cache import build_cache
 from vidtag.train.config import TrainConfig
 from vidtag.train.manifest import Clip, multi_hot
@@ -39,6 +39,8 @@ from vidtag.train.metrics import calibrate_thresholds, evaluate_predictions
 
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.25, 0.25, 0.25)
+
+CURVES_EVERY_S = 60.0
 
 
 def input_spec(cfg: TrainConfig) -> InputSpec:
@@ -253,6 +255,8 @@ def train(cfg: TrainConfig) -> Path:
     total_steps = cfg.epochs * max(1, steps_per_epoch // cfg.accumulate)
     start_epoch, best_j, history, step, elapsed = 0, -1.0, [], 0, 0.0
     ckpt = out / "checkpoint.pt"
+    if cfg.init:
+        _load_init(cfg, net, head, device)
     if cfg.resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False, map_location=device)
         if state["config"] == asdict(cfg):
@@ -272,6 +276,7 @@ def train(cfg: TrainConfig) -> Path:
             p = float(t.item())
         return p
 
+    curves_at = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         if progress() >= 1.0:
             break
@@ -292,6 +297,8 @@ def train(cfg: TrainConfig) -> Path:
                 data.train.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)], gen
             )
             x = normalise(frames, ispec.mean, ispec.std)
+            if cfg.augment == "full":
+                x = jitter(x, gen)
             sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if isinstance(model, DDP) and not last_micro:
                 sync = model.no_sync()
@@ -344,8 +351,12 @@ def train(cfg: TrainConfig) -> Path:
                 ckpt,
             )
             (out / "history.json").write_text(json.dumps(history, indent=1))
-            write_curves(history, out / "curves.png")
+            if time.time() - curves_at > CURVES_EVERY_S:  # a plot costs as much as a GPU epoch
+                write_curves(history, out / "curves.png")
+                curves_at = time.time()
         _barrier()
+    if rank == 0 and history:
+        write_curves(history, out / "curves.png")
     if world > 1:
         dist.destroy_process_group()
     return out / "best.pt"
@@ -422,6 +433,20 @@ def write_curves(history: list[dict[str, Any]], path: Path) -> bool:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
+
+
+def _load_init(
+    cfg: TrainConfig, net: torch.nn.Module, head: MultiLabelHead, device: torch.device
+) -> None:
+    """Weights (not optimiser or schedule) from another run's best.pt or checkpoint.pt."""
+    assert cfg.init
+    state = torch.load(cfg.init, weights_only=False, map_location=device)
+    conf = state.get("config", {})
+    arch, loss = state.get("arch", conf.get("arch")), conf.get("loss")
+    if arch != cfg.arch or loss != cfg.loss:
+        raise ValueError(f"--init {cfg.init} holds {arch}/{loss}, not {cfg.arch}/{cfg.loss}")
+    net.load_state_dict(state["model"])
+    head.load_state_dict(state["head"])
 
 
 def _best_state(
