@@ -19,7 +19,7 @@ GPU_END_BY ?= 555
 # Extra arguments for benchmarks/decode.py, e.g. BENCH_ARGS=--quick or BENCH_ARGS="--full --repeat 3".
 BENCH_ARGS ?=
 
-.PHONY: install proto serve test test-slow lint typecheck model model-gpu eval-default bench-decode clean
+.PHONY: install proto serve test test-unit test-slow test-integration lint typecheck model model-gpu eval-default bench-decode lock fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,35 @@ proto: $(STUBS)
 serve: install
 	$(VENV)/bin/vidtag serve --port $(PORT) --models $(MODELS)
 
-test: install
+# `make test` (the README's and CI's test command): the default suite, then the integration
+# suite against real tools (about a minute more, installing them first).
+test: test-unit test-integration
+
+test-unit: install
 	$(PY) -m pytest -q -m "not slow and not integration"
 
 test-slow: install
 	$(PY) -m pytest -q -m "slow"
+
+# Tests against real tools (tests/integration): a Prometheus server scraping vidtag, grpcurl
+# through reflection, promtool on deploy/prometheus, kubernetes-validate on deploy/k8s,
+# check-jsonschema (compose-spec) on docker-compose.yml. Installs the `integration` extra, and
+# Debian's prometheus package (prometheus + promtool) when it is missing and we are root.
+INTEGRATION_STAMP = $(VENV)/.integration-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(INTEGRATION_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[integration]"
+	touch $@
+
+test-integration: install $(INTEGRATION_STAMP)
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "prometheus/promtool missing (apt-get install prometheus as root): their tests will skip"; \
+	  fi; \
+	fi
+	$(PY) -m pytest -q -m integration
 
 lint: install
 	$(VENV)/bin/ruff check src tests
@@ -116,6 +140,51 @@ bench: install $(LOAD_STAMP)
 	$(VENV)/bin/vidtag bench --server 127.0.0.1:$$port --synth $(LOAD_CLIPS) --clip-spec $(LOAD_SPEC) \
 	  --sweep 1 --requests 60 --rates 5,10,20,30,40 --duration 20 --wait 30 \
 	  --json build/bench/report.json --png build/bench/report.png $(LOAD_ARGS)
+
+# Exact pins (versions and hashes) the container images install, from pyproject.toml's
+# dependencies: requirements/serve.lock (Dockerfile: Python 3.11) and requirements/gpu.lock
+# (Dockerfile.gpu: + the nvdec extra, Python 3.12, constrained to serve.lock's versions), for
+# x86_64 Linux. uv (pinned) is installed from PyPI into build/lock-venv. Existing pins are kept;
+# LOCK_ARGS=--upgrade moves everything to the newest allowed versions.
+UV_VERSION ?= 0.13.9
+LOCK_VENV  ?= build/lock-venv
+LOCK_ARGS  ?=
+
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION); }
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes $(LOCK_ARGS) -o requirements/serve.lock
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra nvdec --constraint requirements/serve.lock \
+	  --python-version 3.12 --python-platform x86_64-manylinux_2_28 --generate-hashes $(LOCK_ARGS) \
+	  -o requirements/gpu.lock
+
+# Fuzzing (fuzz/fuzz_decode.py): atheris (libFuzzer) over the decode entry point with the
+# serving sampling spec and limits, time-boxed to FUZZ_SECONDS; a finding does not end the run
+# (libFuzzer restarts on the grown corpus). Seeds are encoded into build/fuzz/seeds, the corpus
+# grows in build/fuzz/corpus, crashes/timeouts/OOMs land in build/fuzz/artifacts (replay one:
+# $(PY) fuzz/fuzz_decode.py build/fuzz/artifacts/<file>). FUZZ_ARGS adds libFuzzer flags, e.g.
+# FUZZ_ARGS=-timeout=5. One process (one core); exits non-zero if anything was found.
+FUZZ_SECONDS ?= 1200
+FUZZ_ARGS ?=
+FUZZ_STAMP = $(VENV)/.fuzz-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install -q -e ".[fuzz]"
+	touch $@
+
+fuzz: install $(FUZZ_STAMP)
+	$(PY) fuzz/fuzz_decode.py --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
+# Soak and overload (benchmarks/soak.py; on demand, ~15 min, best on a quiet machine): starts
+# `vidtag serve` on a free port, measures closed-loop saturation, then 10 min of Poisson load at
+# 70 % of it (zero errors, server RSS growth < 10 %), 1 min at 3x (sheds with
+# RESOURCE_EXHAUSTED, no other error), 30 s at 50 % (zero errors, latency back near the soak's).
+# Table on stdout, JSON in build/soak/soak.json; fails if a criterion fails. SOAK_ARGS=--quick
+# runs 20 s phases on small clips; e.g. SOAK_ARGS="--minutes 30 --serve-arg=--workers=4".
+SOAK_ARGS ?=
+
+soak: install
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/vidtag/v1/*_pb2*.py src/vidtag/v1/*_pb2*.pyi

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from vidtag.decode import SamplingSpec, sample_frames
-from vidtag.decode.spec import Policy
+from vidtag.decode.spec import Policy, Threading
 from vidtag.synth.encode import ENCODERS, SVT_PRESET
 from vidtag.synth.matrix import DEFAULT_CONTAINER
 
@@ -383,9 +383,16 @@ class Sample:
 Method = Callable[[Path, Probe, list[float]], Sample]
 
 
-def _ours(policy: Policy) -> Method:
+def _ours(policy: Policy, threads: int = 2, threading: Threading = "gops") -> Method:
     def run(path: Path, probe: Probe, targets: list[float]) -> Sample:
-        spec = SamplingSpec(frames=FRAMES, height=OUT_H, width=OUT_W, policy=policy)
+        spec = SamplingSpec(
+            frames=FRAMES,
+            height=OUT_H,
+            width=OUT_W,
+            policy=policy,
+            threads=threads,
+            threading=threading,
+        )
         clip = sample_frames(path, spec)
         return Sample(clip.frames, list(clip.timestamps), clip.frames_decoded)
 
@@ -485,6 +492,20 @@ METHODS: dict[str, tuple[Method, str]] = {
     "pyav-all": (pyav_all, "PyAV decode every frame (thread_type AUTO), keep the nearest"),
     "torchcodec": (torchcodec, "torchcodec VideoDecoder.get_frames_played_at (CPU)"),
 }
+# `fast` with other threading (not in the default run; `--threads-sweep` or --methods): GOPs
+# shared by N single-threaded decoders against one decoder with FFmpeg's frame+slice threads.
+THREAD_COUNTS = (1, 2, 4, 8, 16)
+THREAD_METHODS: dict[str, tuple[Method, str]] = {
+    **{
+        f"gops-{n}": (_ours("fast", n, "gops"), f"fast, GOPs shared by {n} 1-thread decoders")
+        for n in THREAD_COUNTS
+    },
+    **{
+        f"ffmpeg-{n}": (_ours("fast", n, "ffmpeg"), f"fast, one decoder, FFmpeg {n} threads")
+        for n in THREAD_COUNTS[1:]
+    },
+}
+ALL_METHODS = {**METHODS, **THREAD_METHODS}
 NEEDS = {"opencv": "cv2", "torchcodec": "torchcodec.decoders"}
 
 
@@ -562,7 +583,7 @@ def bench_clip(path: Path, methods: list[str], repeat: int) -> tuple[Probe, list
     stats = {m: Stats() for m in methods}
     for m in methods:
         try:
-            _check(METHODS[m][0](path, probe, targets), len(targets))
+            _check(ALL_METHODS[m][0](path, probe, targets), len(targets))
         except Exception as exc:
             stats[m].error = _reason(exc)
     live = [m for m in methods if stats[m].error is None]
@@ -574,7 +595,7 @@ def bench_clip(path: Path, methods: list[str], repeat: int) -> tuple[Probe, list
                 continue
             t0 = time.perf_counter()
             try:
-                s = METHODS[m][0](path, probe, targets)
+                s = ALL_METHODS[m][0](path, probe, targets)
             except Exception as exc:
                 st.error = _reason(exc)
                 continue
@@ -684,12 +705,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, help="timed repetitions per method (default 5)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     ap.add_argument("--only", help="comma-separated substrings; keep clips whose name has one")
+    ap.add_argument(
+        "--threads-sweep",
+        action="store_true",
+        help="compare GOP-parallel decoders with FFmpeg threading at 1..16 threads (up to the "
+        "CPU count) instead of the baselines",
+    )
     args = ap.parse_args()
 
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in METHODS]
+    if args.threads_sweep:
+        cpus = os.cpu_count() or 1
+        wanted = [REFERENCE] + [m for m in THREAD_METHODS if int(m.split("-")[1]) <= cpus]
+    unknown = [m for m in wanted if m not in ALL_METHODS]
     if unknown:
-        ap.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        ap.error(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
     repeat = args.repeat or (2 if args.quick else 5)
     configs = [BASE] if args.quick else full_corpus() if args.full else default_corpus()
     if args.only:
@@ -713,7 +743,7 @@ def main() -> None:
         f"{FRAMES} frames at {OUT_W}x{OUT_H}, interleaved"
     )
     for m in methods:
-        print(f"  {m:<11} {METHODS[m][1]}")
+        print(f"  {m:<11} {ALL_METHODS[m][1]}")
     print(
         "frames: frames the method decoded; >=N where it does not say (a lower bound: frames "
         "from the preceding keyframe to each returned frame)"
@@ -754,7 +784,7 @@ def main() -> None:
             "reference": REFERENCE,
             "corpus": str(args.corpus),
         },
-        "methods": {m: METHODS[m][1] for m in methods},
+        "methods": {m: ALL_METHODS[m][1] for m in methods},
         "skipped": skipped,
         "clips": report,
         "groups": groups,

@@ -73,3 +73,12 @@ def test_every_knob_has_a_documented_flag() -> None:
     helps = {a.dest: a.help or "" for a in parser._actions}
     for dest in _FLAG_FIELDS:
         assert "default" in helps[dest], dest
+
+
+def test_decode_threads_default_to_the_cores_up_to_eight(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, want in ((2, 2), (16, 8), (None, 1)):
+        monkeypatch.setattr("os.cpu_count", lambda c=cores: c)
+        assert ServeConfig().resolved_decode_threads == want
+    assert ServeConfig(decode_threads=3).resolved_decode_threads == 3
+    with pytest.raises(ValueError, match="decode_threads"):
+        ServeConfig(decode_threads=0)

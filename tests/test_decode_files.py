@@ -3,21 +3,25 @@ parallel decoding returns exactly what sequential decoding does, and odd files d
 
 from __future__ import annotations
 
+import io
 import itertools
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import av
+import hostile_media
 import numpy as np
 import pytest
 from media import encode_clip, red_centroid_x
 
-from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
+from vidtag.decode import DecodeLimits, SamplingSpec, pyav_backend, sample_frames
 from vidtag.decode.index import index_by_demux, index_from_tables
-from vidtag.decode.mp4 import read_track_tables
+from vidtag.decode.mp4 import MAX_BOXES, isobmff_rotation, read_track_tables, sample_counts
 from vidtag.decode.pyav_backend import open_container
 from vidtag.decode.source import Source
-from vidtag.errors import InvalidVideo
+from vidtag.errors import InvalidVideo, LimitExceeded
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "h264_bframes.mp4": {"bframes": 3, "faststart": True},
@@ -81,9 +85,11 @@ def test_parallel_decoding_returns_what_sequential_does(files: dict[str, Path], 
     for policy in ("fast", "exact"):
         one = sample_frames(files[name], SamplingSpec(policy=policy, threads=1))
         two = sample_frames(files[name], SamplingSpec(policy=policy, threads=2))
-        np.testing.assert_array_equal(one.frames, two.frames)
-        assert one.timestamps == two.timestamps and one.rotation == two.rotation
-        assert one.frames_decoded == two.frames_decoded
+        ff = sample_frames(files[name], SamplingSpec(policy=policy, threads=3, threading="ffmpeg"))
+        for other in (two, ff):
+            np.testing.assert_array_equal(one.frames, other.frames)
+            assert one.timestamps == other.timestamps and one.rotation == other.rotation
+            assert one.frames_decoded == other.frames_decoded
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -139,3 +145,146 @@ def test_audio_only_input_is_invalid(tmp_path: Path) -> None:
             out.mux(pkt)
     with pytest.raises(InvalidVideo, match="no video stream"):
         sample_frames(path)
+
+
+# ---------------------------------------------------------------- crafted and fuzzed headers
+# Each of these crashed (or hung, or allocated without bound) before its fix; fuzz/fuzz_decode.py
+# found the first four.
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """3 s H.264, keyframes at samples 1, 26, 51, moov after mdat, video in one chunk."""
+    return encode_clip(tmp_path_factory.mktemp("plain") / "plain.mp4", seconds=3.0).read_bytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packets_before_the_first_flagged_keyframe_open_a_gop(plain: bytes, threads: int) -> None:
+    data = hostile_media.mp4_with_keyframes(plain, [26, 51])  # sample 1 not flagged
+    clip = sample_frames(data, SamplingSpec(frames=8, threads=threads))
+    assert clip.frames.shape[0] == 8 and min(clip.timestamps) < 1.0
+
+
+def test_a_codec_without_decoder_is_invalid(plain: bytes) -> None:
+    (avc1,) = hostile_media.find(plain, "moov/trak/mdia/minf/stbl/stsd/avc1")
+    with pytest.raises(InvalidVideo, match="no decoder"):
+        sample_frames(hostile_media.rename(plain, avc1, b"zzzz"))
+
+
+@pytest.mark.parametrize("degrees", [37.0, 232.0, 301.0])
+def test_any_display_angle_snaps_to_a_quarter_turn(plain: bytes, degrees: float) -> None:
+    data = hostile_media.mp4_with_display_angle(plain, degrees)
+    spec = SamplingSpec(frames=2, height=64, width=40)
+    clip = sample_frames(data, spec)
+    assert clip.frames.shape == (2, 64, 40, 3)
+    track = 0
+    assert clip.rotation == isobmff_rotation(lambda o, n: data[o : o + n], len(data), track)
+    assert (clip.width, clip.height) == ((288, 160) if clip.rotation in (90, 270) else (160, 288))
+
+
+def test_composition_offset_runs_are_not_expanded_past_the_samples(plain: bytes) -> None:
+    data = hostile_media.mp4_with_ctts_run(plain, 0xFFFFFFFF)  # 2^32 samples of one offset
+    read = lambda o, n: data[o : o + n]  # noqa: E731
+    assert read_track_tables(read, len(data), 1, max_samples=75) is None
+    assert sample_frames(data, SamplingSpec(frames=4)).frames.shape[0] == 4  # demuxed instead
+
+
+@pytest.mark.parametrize("make", ["long", "single frame"])
+def test_a_clip_of_zero_duration_lasts_one_frame(plain: bytes, tmp_path: Path, make: str) -> None:
+    base = plain if make == "long" else encode_clip(tmp_path / "one.mp4", seconds=0.04).read_bytes()
+    clip = sample_frames(hostile_media.mp4_zero_duration(base), SamplingSpec(frames=4))
+    assert clip.duration == pytest.approx(0.04) and clip.timestamps == (0.0,) * 4
+
+
+@pytest.mark.parametrize("count", [10**9, 10**8, 3 * 10**7, 20_001])
+def test_sample_count_claims_are_refused_before_ffmpeg_indexes_them(
+    plain: bytes, count: int
+) -> None:
+    data = hostile_media.mp4_claiming_samples(plain, count)
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded, match=f"claims {count} frames"):
+        sample_frames(data)
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_a_leading_unknown_box_does_not_hide_a_count_claim(plain: bytes) -> None:
+    """FFmpeg's probe skips boxes of unknown type at the start; so must the check (it once
+    looked only at inputs whose first box had a known type: 2.8 s, 2.4 GB behind this one)."""
+    data = b"\x00\x00\x00\x08zzzz" + hostile_media.mp4_claiming_samples(plain, 3 * 10**7)
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded, match="claims 30000000 frames"):
+        sample_frames(data)
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_fragment_sample_counts_are_checked_too(plain: bytes) -> None:
+    data = hostile_media.fragmented(plain)
+    counts = sample_counts(lambda o, n: data[o : o + n], len(data))
+    assert [(c.handler, c.samples) for c in counts] == [(b"vide", 75)]
+    assert sample_frames(data, SamplingSpec(frames=4)).frames.shape[0] == 4
+    # Found by fuzzing: FFmpeg's own index of this took 2.2 s and 3 GB.
+    bomb = hostile_media.fragment_claiming_samples(data, 83886086)
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded, match=r"claims 8388\d{4} frames"):
+        sample_frames(bomb)
+    assert time.monotonic() - t0 < 0.5
+    # Also found by fuzzing: a traf outside any moof is parsed all the same (11.6 s, 2.4 GB);
+    # it has no place there, so it is refused before FFmpeg sees it.
+    moof = [b for b in hostile_media.boxes(data) if b.kind == b"moof"][-1]
+    loose = hostile_media.fragment_claiming_samples(hostile_media.unwrap(data, moof), 67108865)
+    assert hostile_media.find(loose, "traf")  # at the top level now
+    with pytest.raises(InvalidVideo, match="misplaced MP4 box 'traf' at the top level"):
+        sample_frames(loose)
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_fragment_boxes_out_of_place_are_refused_before_ffmpeg(copies: int) -> None:
+    """Found by fuzzing: a moof inside the moov cost FFmpeg ~0.7 s of CPU per copy."""
+    data = hostile_media.moof_in_moov(copies)
+    t0 = time.monotonic()
+    with pytest.raises(InvalidVideo, match="misplaced MP4 box 'moof' inside 'moov'"):
+        sample_frames(data)
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_too_many_boxes_is_a_limit() -> None:
+    data = b"\x00\x00\x00\x08free" * (MAX_BOXES + 1)
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded, match="boxes"):
+        sample_frames(data)
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_frame_size_in_the_sps_is_refused_before_decoding(plain: bytes) -> None:
+    with pytest.raises(LimitExceeded, match="8192x8192"):
+        sample_frames(hostile_media.mp4_with_sps_size(plain, 8192, 8192))
+    with pytest.raises(InvalidVideo):  # FFmpeg refuses this size itself: nothing decodes
+        sample_frames(hostile_media.mp4_with_sps_size(plain, 16384, 16384))
+    # A sample entry that lies is overruled by the SPS, which is what the decoder uses.
+    clip = sample_frames(hostile_media.mp4_with_entry_size(plain, 16384, 16384))
+    assert (clip.width, clip.height) == (160, 288)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_oversized_in_band_sps_allocates_no_frame(
+    plain: bytes, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = hostile_media.mp4_with_inband_sps(plain, 25, 4096, 4096)  # at the second keyframe
+    spec = SamplingSpec(frames=8, threads=threads)
+    clip = sample_frames(data, spec)  # the decoders' pixel cap refuses those pictures
+    assert clip.corrupt_packets > 0 and (clip.width, clip.height) == (160, 288)
+    # Without FFmpeg's cap, the decoded frame's own size is still checked.
+    monkeypatch.setattr(pyav_backend, "_pixel_cap", lambda cc, max_pixels: None)
+    with pytest.raises(LimitExceeded, match="decoded frame is 4096x4096"):
+        sample_frames(data, replace(spec, policy="exact"))
+
+
+def test_a_reserved_colour_matrix_converts_as_unspecified() -> None:
+    """Found by fuzzing: swscale refused frames whose colorspace is a reserved value
+    (ENOTSUP), which failed the whole decode."""
+    data = hostile_media.mpeg2_with_colour_matrix(140)
+    with av.open(io.BytesIO(data)) as c:
+        assert next(c.decode(video=0)).colorspace == 140  # what reaches the converter
+    clip = sample_frames(data, SamplingSpec(frames=4, height=32, width=32))
+    assert clip.codec == "mpeg2video" and clip.corrupt_packets == 0
+    assert clip.frames[-1].mean() > clip.frames[0].mean()  # the frames are the real ones

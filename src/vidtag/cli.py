@@ -311,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     try:
+        from vidtag.client.cli import add_health_arguments, run_health
+
+        add_health_arguments(
+            sub.add_parser("health", help="grpc.health.v1 check of a server (exit 0: SERVING)")
+        )
+        handlers["health"] = run_health
+    except ImportError:
+        pass
+    try:
         from vidtag.client.bench import add_bench_arguments, run_bench
 
         add_bench_arguments(sub.add_parser("bench", help="load-test a server (--server)"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from vidtag.results import TagResult
 
 TagFn = Callable[[Path], "TagResult"]
+# The gRPC policies VidtagClient accepts (grpc_client.LB_POLICIES; not imported here so that
+# `vidtag --help` does not load grpc).
+LB_CHOICES = ("pick_first", "round_robin")
 
 
 def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +26,18 @@ def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files to tag")
     parser.add_argument(
         "--server",
-        metavar="HOST:PORT",
+        metavar="TARGET",
         default=None,
-        help="tag over gRPC on this server; without it the model runs in this process",
+        help="tag over gRPC on this server: HOST:PORT, dns:///HOST:PORT (every address the "
+        "name resolves to, e.g. a Kubernetes headless Service, calls spread round robin) or "
+        "ipv4:IP:PORT,IP:PORT; without it the model runs in this process",
+    )
+    parser.add_argument(
+        "--load-balancing",
+        choices=LB_CHOICES,
+        default=None,
+        help="with --server: gRPC load-balancing policy (default: round_robin for dns:, ipv4: "
+        "and ipv6: targets, pick_first for HOST:PORT)",
     )
     parser.add_argument(
         "--model",
@@ -153,7 +166,9 @@ def _is_model_dir(path: Path) -> bool:
 def _remote_tag_fn(args: argparse.Namespace) -> tuple[TagFn, Callable[[], None]]:
     from vidtag.client.grpc_client import VidtagClient
 
-    client = VidtagClient(args.server, timeout=args.timeout)
+    client = VidtagClient(
+        args.server, timeout=args.timeout, load_balancing=getattr(args, "load_balancing", None)
+    )
 
     def tag(path: Path) -> TagResult:
         return client.tag(
@@ -241,3 +256,74 @@ def _describe(exc: BaseException) -> str:
     if callable(code) and callable(details):  # a grpc.RpcError that is also a grpc.Call
         return f"{code().name}: {details()}"
     return str(exc) or type(exc).__name__
+
+
+# ---------------------------------------------------------------- `vidtag health`
+
+DEFAULT_HEALTH_PORT = 50051
+
+
+def default_health_target(env: Mapping[str, str] | None = None) -> str:
+    """`127.0.0.1:<port>` of a server in the same host or container: $VIDTAG_PORT (the
+    variable `vidtag serve` reads its port from), else the default port."""
+    env = os.environ if env is None else env
+    return f"127.0.0.1:{env.get('VIDTAG_PORT') or DEFAULT_HEALTH_PORT}"
+
+
+def add_health_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `vidtag health` arguments to `parser`."""
+    parser.add_argument(
+        "--server",
+        metavar="TARGET",
+        default=None,
+        help="server to ask (default: 127.0.0.1:$VIDTAG_PORT, else 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--service",
+        default="",
+        metavar="NAME",
+        help="grpc.health.v1 service name: '' (default) is the server as a whole, "
+        "vidtag.v1.VideoTagger the tagging service",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="deadline of the check in seconds (default: %(default)g)",
+    )
+    for flag, help_text in (
+        ("--tls-ca-file", "check over TLS, trusting this CA (default: plaintext)"),
+        ("--tls-cert-file", "mutual TLS: the client certificate chain"),
+        ("--tls-key-file", "mutual TLS: the client private key"),
+    ):
+        parser.add_argument(flag, type=Path, default=None, metavar="PEM", help=help_text)
+
+
+def run_health(
+    args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None
+) -> int:
+    """Run `vidtag health`: print the grpc.health.v1 status; exit code 0 only for SERVING
+    (1 for any other status or an unreachable server), for container and script health
+    checks."""
+    import grpc
+
+    from vidtag.client.grpc_client import VidtagClient
+
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    target = args.server or default_health_target()
+    try:
+        with VidtagClient(
+            target,
+            timeout=args.timeout,
+            tls_ca_file=args.tls_ca_file,
+            tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file,
+        ) as client:
+            status = client.health(args.service)
+    except grpc.RpcError as exc:
+        print(f"vidtag health: {target}: {_describe(exc)}", file=err)
+        return 1
+    print(status, file=out)
+    return 0 if status == "SERVING" else 1

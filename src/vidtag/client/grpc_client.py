@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -18,6 +19,26 @@ if TYPE_CHECKING:
     from vidtag.results import TagResult
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+# gRPC load-balancing policies the client can be told to use (gRPC's own names).
+LB_POLICIES: Final = ("pick_first", "round_robin")
+# Target schemes whose resolver can return several addresses: round_robin by default.
+_MULTI_ADDRESS_SCHEMES: Final = ("dns:", "ipv4:", "ipv6:")
+
+
+def default_load_balancing(target: str) -> str | None:
+    """The policy `VidtagClient` picks when told none: "round_robin" for a `dns:///`,
+    `ipv4:` or `ipv6:` target (every address the name resolves to gets calls in turn, e.g.
+    every pod behind a Kubernetes headless Service), else None (gRPC's default, pick_first:
+    one connection to the first address that answers)."""
+    return "round_robin" if target.lower().startswith(_MULTI_ADDRESS_SCHEMES) else None
+
+
+def service_config(load_balancing: str) -> str:
+    """The gRPC service config JSON that selects `load_balancing` for every method."""
+    if load_balancing not in LB_POLICIES:
+        known = ", ".join(LB_POLICIES)
+        raise ValueError(f"unknown load-balancing policy {load_balancing!r} (known: {known})")
+    return json.dumps({"loadBalancingConfig": [{load_balancing: {}}]})
 
 
 def response_to_result(response: pb.TagVideoResponse) -> TagResult:
@@ -75,18 +96,33 @@ class VidtagClient:
         tls_ca_file: str | Path | None = None,
         tls_cert_file: str | Path | None = None,
         tls_key_file: str | Path | None = None,
+        load_balancing: str | None = None,
     ) -> None:
-        """`token`: sent as `authorization: Bearer <token>` on every call (for servers run
+        """`target`: any gRPC target: `host:port`, `dns:///host:port` (every address the
+        name resolves to, e.g. the pods of a Kubernetes headless Service), or a fixed list
+        `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
+
+        `token`: sent as `authorization: Bearer <token>` on every call (for servers run
         with --auth-token-file). `tls` (implied by any tls_* file): a TLS channel trusting
         `tls_ca_file` (default: the system roots); `tls_cert_file`/`tls_key_file` present a
-        client certificate (mutual TLS)."""
+        client certificate (mutual TLS).
+
+        `load_balancing`: "round_robin" (one connection per resolved address, calls spread
+        over the ready ones in turn) or "pick_first" (one connection); None picks
+        round_robin for `dns:`, `ipv4:` and `ipv6:` targets and gRPC's default (pick_first)
+        for a bare `host:port`."""
         self.target = target
         self.timeout = timeout
+        self.load_balancing = (
+            default_load_balancing(target) if load_balancing is None else load_balancing
+        )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        options = [
+        options: list[tuple[str, str | int]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+        if self.load_balancing is not None:
+            options.append(("grpc.service_config", service_config(self.load_balancing)))
         if tls or tls_ca_file or tls_cert_file or tls_key_file:
 
             def read(p: str | Path | None) -> bytes | None:
@@ -138,6 +174,33 @@ class VidtagClient:
             ]
             return response_to_result(self._call(self._stub.TagVideoStream, iter(chunks), timeout))
         request.video = data
+        return response_to_result(self._call(self._stub.TagVideo, request, timeout))
+
+    def tag_path(
+        self,
+        path: str | Path,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        return_embedding: bool = False,
+        *,
+        model_name: str = "",
+        model_version: str = "",
+        timeout: float | None = None,
+    ) -> TagResult:
+        """Tag a video file the server reads from its own filesystem: `path` is a path on the
+        server, not here, and no bytes are uploaded. Only servers started with
+        `--allow-path-root` accept this, for files inside those roots; otherwise the call
+        fails with PERMISSION_DENIED (a `grpc.RpcError`). Options as for `tag`."""
+        request = pb.TagVideoRequest(
+            path=str(path),
+            return_embedding=return_embedding,
+            model_name=model_name,
+            model_version=model_version,
+        )
+        if top_k is not None:
+            request.top_k = top_k
+        if threshold is not None:
+            request.threshold = threshold
         return response_to_result(self._call(self._stub.TagVideo, request, timeout))
 
     def model_info(

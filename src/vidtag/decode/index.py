@@ -58,6 +58,8 @@ class PacketIndex:
 
 def _check_header(stream: Any, limits: DecodeLimits) -> tuple[int, int]:
     cc = stream.codec_context
+    if cc is None:  # FFmpeg has no decoder for this codec (or the codec ID is unknown)
+        raise InvalidVideo("no decoder for the video stream's codec")
     width, height = int(cc.width or 0), int(cc.height or 0)
     if width <= 0 or height <= 0:
         raise InvalidVideo("video stream has no frame size")
@@ -80,11 +82,13 @@ def _finish(
     width, height = _check_header(stream, limits)
     origin = float(np.min(pts_s))
     pts_s = pts_s - origin
-    if not is_key.any():
-        is_key[0] = True  # some muxers flag nothing; decoding from the first packet still works
+    # Some muxers flag no keyframe, or not the first packet: decoding still starts there (the
+    # planner's GOPs must cover every packet, so the first one always opens a GOP).
+    is_key[0] = True
     n = len(pts_s)
     span = float(np.max(pts_s))
-    frame_dur = span / max(n - 1, 1) if n > 1 else 1.0 / float(stream.average_rate or 25)
+    # Every timestamp equal (a zero-duration clip) counts as one frame at the stream's rate.
+    frame_dur = span / (n - 1) if n > 1 and span > 0 else 1.0 / float(stream.average_rate or 25)
     duration = span + frame_dur
     if duration > limits.max_duration_s:
         raise LimitExceeded(
@@ -121,7 +125,7 @@ def index_from_tables(
         return None
     if n > limits.max_packets:
         raise LimitExceeded(f"video has more than {limits.max_packets} frames")
-    tables = read_track_tables(read, total, int(stream.id))
+    tables = read_track_tables(read, total, int(stream.id), max_samples=n)
     if tables is None or tables.fragmented or tables.sample_count != n:
         return None
     rows = np.array(

@@ -14,6 +14,7 @@ from typing import Any
 import av
 import numpy as np
 
+from vidtag.decode import mp4
 from vidtag.decode.index import PacketIndex, build_index
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.planner import Plan, packet_costs, plan_frames
@@ -43,9 +44,48 @@ def _open(source: bytes | str | Path, limits: DecodeLimits) -> Any:
     return open_container(Source(source, limits))
 
 
-def open_container(src: Source) -> Any:
+# Samples all tracks together (video, audio, subtitles, data) may claim, in max_packets.
+ALL_TRACKS_FACTOR = 16
+
+
+def check_sample_counts(src: Source) -> None:
+    """LimitExceeded for an MP4/MOV whose tables claim more samples than the limits allow,
+    before FFmpeg allocates an index entry for each of them; InvalidVideo for movie or
+    fragment boxes out of place. Every input is walked: FFmpeg recognises an MP4 behind
+    leading boxes of any type."""
+    limits = src.limits
     try:
-        return av.open(src.handle, mode="r", metadata_errors="ignore")
+        counts = mp4.sample_counts(src.read, src.size)
+    except mp4.MalformedMP4 as exc:
+        raise InvalidVideo(str(exc)) from exc
+    except ValueError as exc:
+        raise LimitExceeded(str(exc)) from exc
+    for track in counts:
+        if track.handler == b"vide" and track.samples > limits.max_packets:
+            raise LimitExceeded(
+                f"the video track claims {track.samples} frames; the limit is {limits.max_packets}"
+            )
+    bound = ALL_TRACKS_FACTOR * limits.max_packets  # all tracks: what FFmpeg would index
+    if (claimed := sum(t.samples for t in counts)) > bound:
+        raise LimitExceeded(f"the tracks claim {claimed} samples; the limit is {bound}")
+
+
+def open_container(src: Source) -> Any:
+    """av.open on a validated input: sample counts checked first, no decoder (the ones that
+    probe the streams included) allocates a picture above `limits.max_pixels`, and no network
+    protocol is allowed."""
+    check_sample_counts(src)
+    handle = src.handle
+    # Nothing is fetched: bytes arrive through our own I/O and need no protocol, a path needs
+    # `file` only, so a playlist (HLS) or concat list inside an input opens no URL.
+    protocols = "file" if isinstance(handle, str) else "none"
+    try:
+        return av.open(
+            handle,
+            mode="r",
+            metadata_errors="ignore",
+            options={"max_pixels": str(src.limits.max_pixels), "protocol_whitelist": protocols},
+        )
     except Exception as exc:
         raise InvalidVideo(f"not a readable video container: {exc}") from exc
 
@@ -57,12 +97,29 @@ def _speed_options(cc: Any, deblock: bool) -> None:
         cc.options = {**cc.options, "skip_loop_filter": "all"}
 
 
-def _configure(stream: Any, threaded: bool, deblock: bool = True) -> Any:
+def _pixel_cap(cc: Any, max_pixels: int | None) -> None:
+    """FFmpeg's own cap: a decoder refuses (an error, not an allocation) any picture larger
+    than `max_pixels`, e.g. after an in-band SPS that contradicts the stream header."""
+    if max_pixels is not None:
+        cc.options = {**cc.options, "max_pixels": str(max_pixels)}
+
+
+def _configure(
+    stream: Any,
+    threaded: bool,
+    deblock: bool = True,
+    max_pixels: int | None = None,
+    ffmpeg_threads: int = 0,
+) -> Any:
     """The stream's own decoder (it carries the container's side data, e.g. the display matrix,
     onto every frame); threading must be chosen before its first packet."""
     cc = stream.codec_context
     _speed_options(cc, deblock)
-    if threaded:
+    _pixel_cap(cc, max_pixels)
+    if ffmpeg_threads > 1:
+        cc.thread_type = "AUTO"  # frame and slice threads, as FFmpeg sees fit
+        cc.thread_count = ffmpeg_threads
+    elif threaded:
         cc.thread_type = "FRAME"
         cc.thread_count = 2
     else:
@@ -71,23 +128,34 @@ def _configure(stream: Any, threaded: bool, deblock: bool = True) -> Any:
     return cc
 
 
-def _extra_decoder(stream: Any, deblock: bool = True) -> Any:
+def _extra_decoder(stream: Any, deblock: bool = True, max_pixels: int | None = None) -> Any:
     """A second single-threaded decoder for the same stream (no side data: rotation comes
     from the stream's own decoder)."""
     cc = av.CodecContext.create(stream.codec_context.name, "r")
     if stream.codec_context.extradata:
         cc.extradata = stream.codec_context.extradata
     _speed_options(cc, deblock)
+    _pixel_cap(cc, max_pixels)
     cc.thread_type = "NONE"
     cc.thread_count = 1
     return cc
+
+
+_UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED, AVCOL_PRI_UNSPECIFIED, AVCOL_TRC_UNSPECIFIED
 
 
 def _to_rgb(frame: Any, spec: SamplingSpec, rotation: int) -> np.ndarray:
     """Resize+convert inside swscale; rotate the small result, never the full frame."""
     swap = rotation in (90, 270)
     w, h = (spec.height, spec.width) if swap else (spec.width, spec.height)
-    arr = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    try:
+        small = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+    except av.error.FFmpegError:
+        # swscale refuses colour metadata it does not know (reserved matrix coefficients in
+        # a bitstream, found by fuzzing: ENOTSUP): convert as unspecified, as players do.
+        frame.colorspace = frame.color_primaries = frame.color_trc = _UNSPECIFIED
+        small = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+    arr = small.to_ndarray()
     if rotation:
         # The display matrix asks for a counter-clockwise rotation by `rotation` degrees.
         arr = np.rot90(arr, k=rotation // 90)
@@ -104,6 +172,7 @@ class _Run:
     by_pts: dict[float, int]
     tb: Any
     deadline: float
+    max_pixels: int
     rotation: int | None = None
 
     def decode_gops(
@@ -129,14 +198,24 @@ class _Run:
             dec.flush_buffers()
             decoded += len(frames)
             for fr in frames:
+                if fr.width * fr.height > self.max_pixels:  # the stream header lied
+                    raise LimitExceeded(
+                        f"a decoded frame is {fr.width}x{fr.height}, over the limit of "
+                        f"{self.max_pixels} pixels"
+                    )
                 if own and self.rotation is None:
-                    self.rotation = int(getattr(fr, "rotation", 0) or 0) % 360
+                    # A display matrix may say any angle: snap to quarter turns, as mp4.py does.
+                    angle = float(getattr(fr, "rotation", 0) or 0)
+                    self.rotation = round(angle / 90.0) * 90 % 360
                 if fr.pts is None or self.tb is None:
                     continue
                 at = round(float(fr.pts * self.tb) - self.index.origin_s, 6)
                 want = self.by_pts.get(at)
                 if want is not None and want not in out:
-                    out[want] = _to_rgb(fr, self.spec, self.rotation or 0)
+                    try:
+                        out[want] = _to_rgb(fr, self.spec, self.rotation or 0)
+                    except av.error.FFmpegError:  # a frame swscale cannot convert at all
+                        corrupt += 1
         return out, decoded, corrupt
 
 
@@ -170,11 +249,17 @@ def execute_plan(
         by_pts={round(float(index.pts_s[i]), 6): i for i in set(plan.chosen)},
         tb=stream.time_base,
         deadline=time.monotonic() + limits.max_decode_s,
+        max_pixels=limits.max_pixels,
     )
     gops = sorted(plan.prefixes.items())
+    if spec.threading == "ffmpeg":
+        main = _configure(stream, False, spec.deblock, limits.max_pixels, ffmpeg_threads=threads)
+        out, decoded, corrupt = run.decode_gops(main, gops, own=True)
+        return out, decoded, corrupt, run.rotation or 0
     parallel = threads > 1 and len(gops) > 2 and index.codec in PARALLEL_CODECS
     longest = max(plan.prefixes.values())
-    main = _configure(stream, not parallel and longest > THREADED_PREFIX, spec.deblock)
+    threaded = not parallel and longest > THREADED_PREFIX
+    main = _configure(stream, threaded, spec.deblock, limits.max_pixels)
     if not parallel:
         out, decoded, corrupt = run.decode_gops(main, gops, own=True)
         return out, decoded, corrupt, run.rotation or 0
@@ -182,7 +267,9 @@ def execute_plan(
     out, decoded, corrupt = run.decode_gops(main, gops[:1], own=True)
     groups = _split(gops[1:], packet_costs(index), threads)
     futures = [
-        _pool(threads).submit(run.decode_gops, _extra_decoder(stream, spec.deblock), grp, False)
+        _pool(threads).submit(
+            run.decode_gops, _extra_decoder(stream, spec.deblock, limits.max_pixels), grp, False
+        )
         for grp in groups[1:]
     ]
     results = [run.decode_gops(main, groups[0], own=True)]
@@ -198,13 +285,17 @@ def execute_plan(
 def indexed(
     source: bytes | str | Path, limits: DecodeLimits
 ) -> Iterator[tuple[Source, Any, Any, PacketIndex]]:
-    """(source, container, first video stream, packet index), closed on exit."""
+    """(source, container, first video stream, packet index), closed on exit. A still image
+    attached to an audio file (an MP3's cover art) is not a video stream."""
     with Source(source, limits) as src:
         container = open_container(src)
         try:
-            if not container.streams.video:
-                raise InvalidVideo("no video stream in the input")
-            stream = container.streams.video[0]
+            cover = av.stream.Disposition.attached_pic
+            videos = [s for s in container.streams.video if not s.disposition & cover]
+            if not videos:
+                only = " (only an attached picture)" if container.streams.video else ""
+                raise InvalidVideo(f"no video stream in the input{only}")
+            stream = videos[0]
             yield src, container, stream, build_index(container, stream, limits, src.read, src.size)
         finally:
             container.close()

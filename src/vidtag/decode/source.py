@@ -17,6 +17,7 @@ class Source:
     def __init__(self, source: bytes | bytearray | memoryview | str | Path, limits: DecodeLimits):
         self._fd: int | None = None
         self._buf: memoryview | None = None
+        self.limits = limits
         if isinstance(source, bytes | bytearray | memoryview):
             self.size = len(source)
             self._check(limits)

@@ -9,6 +9,7 @@ import numpy as np
 
 Policy = Literal["fast", "exact"]
 Mode = Literal["uniform", "segments", "dense"]
+Threading = Literal["gops", "ffmpeg"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class SamplingSpec:
     tradeoff: float = 0.06
     budget: float = 48.0
     threads: int = 2  # decoders working on independent GOPs at once (1: sequential)
+    # "gops": `threads` single-threaded decoders share the GOPs; "ffmpeg": one decoder, GOPs in
+    # order, FFmpeg's own frame+slice threading with `threads` threads (for comparison).
+    threading: Threading = "gops"
     deblock: bool = True  # False skips the in-loop deblocking filter: ~5 % faster, not bit-exact
     mode: Mode = "uniform"
     seed: int = 0
@@ -45,6 +49,8 @@ class SamplingSpec:
             raise ValueError(f"unknown sampling policy {self.policy!r}")
         if self.mode not in ("uniform", "segments", "dense"):
             raise ValueError(f"unknown sampling mode {self.mode!r}")
+        if self.threading not in ("gops", "ffmpeg"):
+            raise ValueError(f"unknown threading {self.threading!r}")
 
     def targets(self, duration: float, fps: float = 30.0) -> list[float]:
         """Seconds to sample in [0, duration)."""

@@ -32,6 +32,7 @@ from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
 from vidtag.server.decode_pool import DecodePool, DecodePoolConfig
 from vidtag.server.metrics import Metrics
+from vidtag.server.paths import PathInputs
 from vidtag.server.pipeline import ServedModel, pool_decode_stage, thread_decode_stage
 from vidtag.server.servicer import SERVICE_NAME, ModelSet, VideoTaggerServicer
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
@@ -88,7 +89,11 @@ class VidtagServer:
         else:
             stage = thread_decode_stage(self.executor)
         self.servicer = VideoTaggerServicer(
-            self.models, stage, config.max_stream_bytes, self.metrics
+            self.models,
+            stage,
+            config.max_stream_bytes,
+            self.metrics,
+            paths=PathInputs(config.allowed_path_roots, _limits(config).max_bytes),
         )
         pool = self.decode_pool
         self.metrics.queue_depth.labels("decode").set_function(
@@ -226,7 +231,10 @@ class VidtagServer:
         from vidtag.runtime.tagger import Tagger
 
         tagger = Tagger(
-            model_dir, limits=_limits(self.config), threads=self.config.inference_threads
+            model_dir,
+            limits=_limits(self.config),
+            threads=self.config.inference_threads,
+            sampling={"threads": self.config.resolved_decode_threads},
         )
         model = self._serve_model(tagger)
         model.warmup(decode=self.decode_pool is None)  # pool workers warm their own decoders

@@ -125,6 +125,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "RESOURCE_EXHAUSTED (default: %(default)s)",
     )
     parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="decoders sharing one clip's GOPs while decoders are idle (default: min(8, cores))",
+    )
+    parser.add_argument(
         "--inference-threads",
         type=int,
         default=None,
@@ -190,6 +197,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="mutual TLS: require client certificates signed by this CA (default: %(default)s)",
     )
     parser.add_argument(
+        "--allow-path-root",
+        action="append",
+        type=lambda p: Path(p).absolute(),
+        default=list(_D.allowed_path_roots),
+        metavar="DIR",
+        help="let requests name a file under DIR by its server-side path instead of uploading "
+        "it (repeatable); paths are resolved (.., symbolic links) and must stay inside a DIR; "
+        "URLs are never fetched (default: none, path inputs are refused)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -217,6 +234,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "max_queue_delay_microseconds": ("max_queue_delay_microseconds", None),
     "max_queue_size": ("max_queue_size", None),
     "inference_threads": ("inference_threads", None),
+    "decode_threads": ("decode_threads", None),
     "max_concurrent_rpcs": ("max_concurrent_rpcs", None),
     "log_level": ("log_level", None),
     "repository_poll_s": ("repository_poll_s", None),
@@ -226,6 +244,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "tls_cert_file": ("tls_cert_file", None),
     "tls_key_file": ("tls_key_file", None),
     "tls_client_ca_file": ("tls_client_ca_file", None),
+    "allow_path_root": ("allowed_path_roots", tuple),
 }
 
 

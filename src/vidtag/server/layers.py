@@ -2,7 +2,8 @@
 
 Keys are ServeConfig's field names, in its units (bytes, seconds). The file is TOML or JSON (by
 suffix), optionally under a `[serve]` table; environment variables are `VIDTAG_<FIELD>` in upper
-case (`VIDTAG_MAX_BATCH_SIZE=16`); the literal `none` clears an optional value. Unknown keys and
+case (`VIDTAG_MAX_BATCH_SIZE=16`); the literal `none` clears an optional value; a list of paths
+is `os.pathsep`-separated there (`VIDTAG_ALLOWED_PATH_ROOTS=/data/a:/data/b`). Unknown keys and
 values of the wrong type are errors that name the key and where it came from.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 import types
 import typing
@@ -38,6 +40,12 @@ def coerce(name: str, value: Any, origin: str) -> Any:
     if name not in FIELDS:
         raise ValueError(f"{origin}: unknown setting {name!r} (known: {', '.join(sorted(FIELDS))})")
     kind, optional = _base_type(_HINTS[name])
+    if typing.get_origin(kind) is tuple:  # tuple[Path, ...]: "a:b" in the environment, or a list
+        items = value.split(os.pathsep) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"{origin}: {name}={value!r} is not a list")
+        item_kind = typing.get_args(kind)[0]
+        return tuple(item_kind(v) for v in items if v != "")
     if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
         if not optional:
             raise ValueError(f"{origin}: {name} cannot be empty")

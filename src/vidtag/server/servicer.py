@@ -22,6 +22,7 @@ from vidtag.errors import ModelError
 from vidtag.runtime.repository import version_key
 from vidtag.server.errors import RpcFailure, abort_with, status_for
 from vidtag.server.metrics import Metrics
+from vidtag.server.paths import PathInputs
 from vidtag.v1 import tagger_pb2 as pb
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
@@ -206,11 +207,13 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
         decode: DecodeStage,
         max_stream_bytes: int = 256 * 1024 * 1024,
         metrics: Metrics | None = None,
+        paths: PathInputs | None = None,
     ) -> None:
         self.models = models
         self.metrics = metrics or Metrics()
         self._decode = decode
         self.max_stream_bytes = max_stream_bytes
+        self.paths = paths or PathInputs((), max_stream_bytes)  # no roots: paths refused
         self.in_flight = 0  # TagVideo calls accepted and not yet answered
 
     async def TagVideo(
@@ -257,6 +260,14 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
             with _access_logged(method, context, len(video), self.metrics) as rec:
                 try:
                     deadline = _deadline(context)
+                    if request.path:
+                        if video:
+                            raise RpcFailure(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                "set either video or path, not both",
+                            )
+                        video = await asyncio.to_thread(self.paths.read, request.path)
+                        rec.nbytes = len(video)
                     if not video:
                         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "video is empty")
                     top_k, threshold = request_options(request)
