@@ -219,7 +219,14 @@ def test_metrics_endpoint_counts_requests_and_stages(
         client.tag(b"garbage" * 100)
     assert server.metrics_port
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    # The client can see an aborted call's status before the servicer's `finally` has lowered
+    # the in-flight gauge: read until it has (the counters are final by then).
+    deadline = time.monotonic() + 5
+    while True:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        if "vidtag_in_flight_requests 0.0" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
     def value(line_start: str) -> float:
         rows = [ln for ln in text.splitlines() if ln.startswith(line_start)]
