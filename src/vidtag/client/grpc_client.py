@@ -159,13 +159,7 @@ class VidtagClient:
         server's unary message limit).
         """
         data = bytes(video if isinstance(video, bytes | bytearray) else Path(video).read_bytes())
-        request = pb.TagVideoRequest(
-            return_embedding=return_embedding, model_name=model_name, model_version=model_version
-        )
-        if top_k is not None:
-            request.top_k = top_k
-        if threshold is not None:
-            request.threshold = threshold
+        request = _request(top_k, threshold, return_embedding, model_name, model_version)
         if chunk_bytes:
             size = max(1, chunk_bytes)
             chunks = [
@@ -191,16 +185,8 @@ class VidtagClient:
         server, not here, and no bytes are uploaded. Only servers started with
         `--allow-path-root` accept this, for files inside those roots; otherwise the call
         fails with PERMISSION_DENIED (a `grpc.RpcError`). Options as for `tag`."""
-        request = pb.TagVideoRequest(
-            path=str(path),
-            return_embedding=return_embedding,
-            model_name=model_name,
-            model_version=model_version,
-        )
-        if top_k is not None:
-            request.top_k = top_k
-        if threshold is not None:
-            request.threshold = threshold
+        request = _request(top_k, threshold, return_embedding, model_name, model_version)
+        request.path = str(path)
         return response_to_result(self._call(self._stub.TagVideo, request, timeout))
 
     def model_info(
@@ -259,3 +245,21 @@ def _as_vidtag_error(exc: grpc.RpcError) -> Exception | None:
     if code is grpc.StatusCode.NOT_FOUND:
         return ModelError(exc.details() or "model not found")
     return None
+
+
+def _request(
+    top_k: int | None,
+    threshold: float | None,
+    return_embedding: bool,
+    model_name: str,
+    model_version: str,
+) -> pb.TagVideoRequest:
+    """A TagVideoRequest with the options set (None leaves an option to the model)."""
+    request = pb.TagVideoRequest(
+        return_embedding=return_embedding, model_name=model_name, model_version=model_version
+    )
+    if top_k is not None:
+        request.top_k = top_k
+    if threshold is not None:
+        request.threshold = threshold
+    return request
