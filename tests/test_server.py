@@ -327,10 +327,13 @@ def test_a_crashing_decoder_fails_only_its_request(
         assert srv.decode_pool is not None and srv.decode_pool.restarts == 1
 
 
-def test_bearer_token_authentication(model_repo: Path, clip_bytes: bytes, tmp_path: Path) -> None:
+def test_bearer_token_authentication(
+    model_repo: Path, clip_bytes: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("# rotated monthly\nsecret-one\n\nsecret-two\n")
     cfg = make_config(model_repo, auth_token_file=tokens)
+    caplog.set_level(logging.DEBUG)
     with running_server(cfg) as (srv, _):
         target = f"127.0.0.1:{srv.port}"
         for token in (None, "wrong", "secret-one x"):
@@ -346,6 +349,12 @@ def test_bearer_token_authentication(model_repo: Path, clip_bytes: bytes, tmp_pa
             with VidtagClient(target, token=token) as c:
                 assert c.tag(clip_bytes).tags and c.list_models().models
                 assert c.tag(clip_bytes, chunk_bytes=4096).tags
+            with VidtagClient(target, token=token) as c, pytest.raises(InvalidVideo):
+                c.tag(b"payload-marker " * 64)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "method=TagVideo" in logged  # the access log was captured
+    for secret in ("secret-one", "secret-two", "wrong", "payload-marker"):
+        assert secret not in logged  # no token, offered or valid, and no video bytes in logs
 
 
 # ---------------------------------------------------------------- health, reflection
