@@ -288,3 +288,25 @@ def test_a_reserved_colour_matrix_converts_as_unspecified() -> None:
     clip = sample_frames(data, SamplingSpec(frames=4, height=32, width=32))
     assert clip.codec == "mpeg2video" and clip.corrupt_packets == 0
     assert clip.frames[-1].mean() > clip.frames[0].mean()  # the frames are the real ones
+
+
+@pytest.mark.parametrize("name", ["h264_bframes.mp4", "h264_rot90_audio.mp4", "hevc_10bit.mp4"])
+def test_the_light_probe_decodes_no_picture_and_changes_no_frame(
+    files: dict[str, Path], name: str
+) -> None:
+    """Opening with the light probe skips the picture FFmpeg's probe would decode (an H.264
+    keyframe, just for its pixel format); what the sampler returns is the same."""
+    limits, spec = DecodeLimits(), SamplingSpec(frames=6, threads=2)
+    got = {}
+    for light in (False, True):
+        with pyav_backend.indexed(files[name], limits, light_probe=light) as (_, _, s, index):
+            if "h264" in name:  # the pixel format is known only once a picture was decoded
+                assert (s.codec_context.format is None) == light
+            plan = pyav_backend.plan_frames(index, spec)
+            got[light] = pyav_backend.execute_plan(s, index, plan, spec, limits, threads=2)
+    full, light_ = got[False], got[True]
+    assert sorted(full[0]) == sorted(light_[0]) and full[1:] == light_[1:]
+    for i in full[0]:
+        np.testing.assert_array_equal(full[0][i], light_[0][i])
+    clip = sample_frames(files[name], spec)  # the backend opens light
+    assert clip.rotation == full[3]
