@@ -108,6 +108,7 @@ def default_corpus() -> list[ClipConfig]:
     out += [ClipConfig(BASE.width, BASE.height, BASE.codec, g, BASE.duration) for g in GOPS]
     out += [ClipConfig(BASE.width, BASE.height, c, BASE.gop, BASE.duration) for c in CODECS]
     out += [ClipConfig(BASE.width, BASE.height, BASE.codec, BASE.gop, d) for d in DURATIONS]
+    out += [ClipConfig(BASE.width, BASE.height, BASE.codec, "250f", 15)]  # 2 keyframes only
     return list(dict.fromkeys(out))
 
 
