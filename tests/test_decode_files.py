@@ -310,3 +310,23 @@ def test_the_light_probe_decodes_no_picture_and_changes_no_frame(
         np.testing.assert_array_equal(full[0][i], light_[0][i])
     clip = sample_frames(files[name], spec)  # the backend opens light
     assert clip.rotation == full[3]
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_two_gops_decode_on_two_decoders_as_one_would(
+    tmp_path: Path, rotation: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clip with two keyframes (a 250-frame GOP in a 15 s clip) gets both decoders, started
+    together; the frames and the display rotation are what one decoder returns."""
+    path = encode_clip(tmp_path / "two.mp4", seconds=4.0, gop=50, rotation=rotation)
+    spec = SamplingSpec(frames=6, height=64, width=40)
+    one = sample_frames(path, replace(spec, threads=1))
+    extra = []
+    real = pyav_backend._extra_decoder
+    monkeypatch.setattr(
+        pyav_backend, "_extra_decoder", lambda *a, **k: extra.append(1) or real(*a, **k)
+    )
+    two = sample_frames(path, replace(spec, threads=2))
+    assert len(extra) == 1 and one.keyframes == 2
+    np.testing.assert_array_equal(one.frames, two.frames)
+    assert one.timestamps == two.timestamps and two.rotation == rotation

@@ -279,7 +279,7 @@ def execute_plan(
         main = _configure(stream, False, spec.deblock, limits.max_pixels, ffmpeg_threads=threads)
         out, decoded, corrupt = run.decode_gops(main, gops, own=True)
         return out, decoded, corrupt, run.rotation or 0
-    parallel = threads > 1 and len(gops) > 2 and index.codec in PARALLEL_CODECS
+    parallel = threads > 1 and len(gops) > 1 and index.codec in PARALLEL_CODECS
     longest = max(plan.prefixes.values())
     threaded = not parallel and longest > THREADED_PREFIX
     main = _configure(stream, threaded, spec.deblock, limits.max_pixels)
