@@ -186,5 +186,20 @@ SOAK_ARGS ?=
 soak: install
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
+# GPU benchmark (issue 6; benchmarks/gpu.py, about 8 min on one H100 with 16 cores, clip
+# generation included): fresh `vidtag serve --device cuda` per (model, decoder): the bundled
+# model and R(2+1)D-18 8x112x112 (random weights, exported once into build/gpu-bench), NVDEC vs
+# PyAV (and hybrid while the budget lasts); latency at concurrency 1 on 30 s 540x960 H.264
+# clips, throughput and p50/p99 at 8/64/256, GPU memory after 100 and 10 000 mixed clips;
+# PASS/FAIL per bar of the issue, JSON in build/gpu-bench/gpu.json. GPU_BENCH_ARGS=--dry-run
+# runs the same path on the CPU in about 2 minutes; on the device tool use
+# scripts/gpu_check.sh (it installs the carried wheels and generates the stubs).
+GPU_BENCH_ARGS ?=
+
+.PHONY: bench-gpu
+
+bench-gpu: install
+	$(PY) benchmarks/gpu.py $(GPU_BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build src/vidtag/v1/*_pb2*.py src/vidtag/v1/*_pb2*.pyi

@@ -1,0 +1,1118 @@
+"""GPU benchmark (issue 6): latency, throughput and memory of `vidtag serve --device cuda`.
+
+One command, budgeted to --minutes (default 8) on one H100 machine with 16 cores, clip
+generation included. It makes its own clips (decode.py's Renderer: textured, noisy content at
+about the bitrate of real phone clips; cached in build/gpu-bench/clips) and its own R(2+1)D-18
+artifact (random weights, exported through vidtag's export code into a model repository cached
+in build/gpu-bench). For each configuration (model x decoder x runtime) a fresh server is started
+as a subprocess (like soak.py) and driven with `vidtag bench`'s load generator:
+
+1. memory (one configuration per model, the first decoder available): closed loop over clips
+   of mixed sizes, frame rates and codecs; GPU memory of the server's processes (nvidia-smi)
+   after the first 100 clips and every chunk up to 10 000, growth in %;
+2. latency: concurrency 1 on 30 s 540x960 H.264 clips with a 4 s GOP: p50/p90/p99 and the
+   server's stage split (decode, inference, rest);
+3. throughput: closed loop at concurrency 8, 64 and 256 (clients split over --client-procs
+   processes, so one Python client does not cap the rate): clips/s, p50, p99.
+
+Models: the bundled default (models/stb1/<newest>) and R(2+1)D-18 at 8x112x112. Decoders:
+`nvdec`, `pyav` (CPU) and `hybrid` (last, while the budget lasts); one the server or machine
+lacks is skipped with the reason. Prints a table, the issue's bars with PASS/FAIL, and writes
+one JSON file (--out; rewritten after every configuration, so a killed run keeps its results).
+Exit 0 when every bar passes (dry run: when every configuration ran without errors), 1 when
+one fails, 2 when nothing could run.
+
+`--dry-run` takes the same path on a CPU-only machine in about 2 minutes: CPU device, onnx and
+torch runtimes (when the server has --runtime), 3 s 270x480 clips, 3 s phases, concurrency
+1/2/4, 200 clips for memory (process RSS where there is no GPU), R(2+1)D-18 at 4x56x56.
+
+    python benchmarks/gpu.py                      # one H100 (scripts/gpu_check.sh)
+    python benchmarks/gpu.py --dry-run            # CPU smoke run of the harness
+    python benchmarks/gpu.py --only r2plus1d_18,nvdec --skip memory --step-s 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import av
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # decode.py, soak.py beside this file
+
+from decode import ClipConfig, Renderer, video_options
+from soak import _free_port, process_tree, serve, tree_rss_mb
+
+from vidtag.client.bench import CallOptions, Clip, Plan, Step, run_plan
+from vidtag.synth.encode import ENCODERS
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+CACHE: Final = ROOT / "build" / "gpu-bench"
+# The issue's bars.
+P50_BAR_MS: Final = 20.0
+THROUGHPUT_BAR: Final = 600.0
+P99_BAR_MS: Final = 150.0
+MEMORY_BAR: Final = 0.02
+DECODERS: Final = ("nvdec", "pyav", "hybrid")
+OPTIONAL_DECODERS: Final = frozenset({"hybrid"})  # run after the others, while budget remains
+RUNTIMES: Final = ("onnx", "torch", "auto")
+PHASES: Final = ("memory", "latency", "throughput")
+R2P1D: Final = "r2plus1d_18"
+MiB: Final = 1024 * 1024
+
+
+# ---------------------------------------------------------------- clips
+
+
+@dataclass(frozen=True)
+class RateClip(ClipConfig):
+    """decode.py's ClipConfig at any frame rate (it fixes 30 fps), GOP in seconds, own seed."""
+
+    fps: int = 30
+    seed: int = 7
+
+    @property
+    def n_frames(self) -> int:
+        return self.duration * self.fps
+
+    def keyint(self) -> int:
+        return int(self.gop.removesuffix("s")) * self.fps
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.width}x{self.height}-{self.codec}-{self.fps}fps-gop{self.gop}-"
+            f"{self.duration}s-seed{self.seed}.{self.container}"
+        )
+
+
+def encode(cfg: RateClip, path: Path) -> None:
+    """decode.encode_clip at `cfg.fps`, without forced cut keyframes (periodic GOPs only)."""
+    tmp = path.with_name(f".part-{path.name}")
+    renderer = Renderer(cfg, seed=cfg.seed)
+    buf = np.empty((cfg.height * 3 // 2, cfg.width), dtype=np.uint8)
+    with av.open(str(tmp), "w") as out:
+        vs = out.add_stream(ENCODERS[cfg.codec], rate=cfg.fps, options=video_options(cfg))
+        assert isinstance(vs, av.VideoStream)
+        vs.width, vs.height, vs.pix_fmt = cfg.width, cfg.height, "yuv420p"
+        cc = vs.codec_context
+        cc.gop_size = cfg.keyint()
+        cc.thread_type = "FRAME"
+        cc.thread_count = min(8, os.cpu_count() or 1)
+        if cfg.codec == "hevc":
+            cc.codec_tag = "hvc1"
+        for i in range(cfg.n_frames):
+            renderer.frame(i, buf)
+            frame = av.VideoFrame.from_ndarray(buf, format="yuv420p")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+    tmp.replace(path)
+
+
+def bar_clips(size: tuple[int, int], seconds: int, count: int) -> list[RateClip]:
+    """The latency/throughput clips: H.264, 30 fps, a keyframe every 4 s, distinct content."""
+    w, h = size
+    return [RateClip(w, h, "h264", "4s", seconds, fps=30, seed=11 + i) for i in range(count)]
+
+
+def mixed_clips(dry: bool) -> list[RateClip]:
+    """The memory phase's clips: portrait and landscape sizes, 24-60 fps, H.264 and HEVC."""
+    if dry:
+        return [
+            RateClip(270, 480, "h264", "4s", 3, fps=30, seed=21),
+            RateClip(360, 640, "hevc", "1s", 3, fps=25, seed=22),
+            RateClip(240, 426, "h264", "4s", 3, fps=24, seed=23),
+            RateClip(320, 180, "hevc", "4s", 2, fps=60, seed=24),
+        ]
+    return [
+        RateClip(540, 960, "h264", "4s", 15, fps=30, seed=31),
+        RateClip(720, 1280, "h264", "1s", 15, fps=25, seed=32),
+        RateClip(1080, 1920, "h264", "4s", 15, fps=30, seed=33),
+        RateClip(480, 854, "h264", "8s", 15, fps=24, seed=34),
+        RateClip(1280, 720, "h264", "4s", 15, fps=30, seed=35),
+        RateClip(540, 962, "h264", "4s", 15, fps=30, seed=36),
+        RateClip(540, 960, "hevc", "4s", 15, fps=30, seed=37),
+        RateClip(720, 1280, "hevc", "4s", 15, fps=24, seed=38),
+        RateClip(1080, 1920, "hevc", "4s", 8, fps=60, seed=39),
+        RateClip(1280, 720, "hevc", "1s", 8, fps=60, seed=40),
+    ]
+
+
+def _encode_job(cfg: RateClip, path: str) -> float:
+    t0 = time.perf_counter()
+    encode(cfg, Path(path))
+    return time.perf_counter() - t0
+
+
+def build_clips(configs: Sequence[RateClip], folder: Path) -> tuple[list[Path], float]:
+    """Encode the clips not yet in `folder` in parallel processes; (paths, seconds spent)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / c.name for c in configs]
+    todo = [(c, p) for c, p in zip(configs, paths, strict=True) if not p.is_file()]
+    t0 = time.perf_counter()
+    if todo:
+        workers = max(1, min(len(todo), os.cpu_count() or 1))
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            list(pool.map(_encode_job, [c for c, _ in todo], [str(p) for _, p in todo]))
+    return paths, time.perf_counter() - t0
+
+
+def read_clips(paths: Sequence[Path]) -> list[Clip]:
+    return [Clip(p.name, p.read_bytes()) for p in paths]
+
+
+# ---------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Model:
+    key: str  # "default" | "r2plus1d_18"
+    label: str  # e.g. "stb1/2", "r2plus1d_18 8x112x112"
+    repository: Path
+    name: str
+    version: str
+    input: str  # FxHxW
+
+
+def default_model(repository: Path) -> Model:
+    """The bundled default: the repository's default model at its newest version."""
+    from vidtag.runtime.artifact import load_meta
+    from vidtag.runtime.repository import resolve_model
+
+    path = resolve_model(repository)
+    spec = load_meta(path).input
+    return Model(
+        "default",
+        f"{path.parent.name}/{path.name}",
+        repository,
+        path.parent.name,
+        path.name,
+        f"{spec.frames}x{spec.height}x{spec.width}",
+    )
+
+
+def r2plus1d_model(cache: Path, frames: int, size: int) -> tuple[Model, float]:
+    """R(2+1)D-18 with random weights at frames x size x size, exported by vidtag's export code
+    (ONNX + parity check) into a repository of its own under `cache`, reused while export.py is
+    unchanged; (model, seconds spent exporting, 0 when cached)."""
+    import vidtag.train.export as export
+
+    digest = hashlib.sha1(Path(export.__file__).read_bytes()).hexdigest()[:8]
+    repo = cache / f"models-{R2P1D}-{frames}x{size}x{size}-{digest}"
+    model = Model(
+        R2P1D, f"{R2P1D} {frames}x{size}x{size}", repo, R2P1D, "1", f"{frames}x{size}x{size}"
+    )
+    if (repo / R2P1D / "1" / "model.json").is_file():
+        return model, 0.0
+    import torch
+
+    from vidtag.nets import create_model
+    from vidtag.runtime.artifact import InputSpec
+    from vidtag.tags import TAGS
+    from vidtag.train.trainer import MEAN, STD
+
+    t0 = time.perf_counter()
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = create_model(R2P1D, num_classes=len(TAGS))
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        staged = Path(tmp) / "repo"
+        export.export_artifact(
+            staged,
+            name=R2P1D,
+            version="1",
+            model=net,
+            arch=R2P1D,
+            input_spec=InputSpec(frames, size, size, MEAN, STD),
+        )
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.move(str(staged), str(repo))
+    return model, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- what the machine and server offer
+
+
+def serve_help() -> str:
+    """`vidtag serve --help` of the code under test (flags this benchmark may pass)."""
+    cmd = [sys.executable, "-m", "vidtag.cli", "serve", "--help"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+
+def has_flag(help_text: str, flag: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text) is not None
+
+
+def decoder_availability(device: str, help_text: str) -> dict[str, str | None]:
+    """Decoder -> None when usable here, else why not."""
+    out: dict[str, str | None] = {"pyav": None}
+    gpu_reason = None
+    if device == "cpu":
+        gpu_reason = "CPU device (no GPU)"
+    elif not has_flag(help_text, "--decode-backend"):
+        gpu_reason = "vidtag serve has no --decode-backend flag"
+    elif importlib.util.find_spec("PyNvVideoCodec") is None:
+        gpu_reason = "PyNvVideoCodec is not installed"
+    out["nvdec"] = gpu_reason
+    if gpu_reason is None and "hybrid" not in help_text:
+        out["hybrid"] = "vidtag serve does not offer decode backend 'hybrid'"
+    else:
+        out["hybrid"] = gpu_reason
+    return out
+
+
+def gpu_info() -> dict[str, Any] | None:
+    """Name, driver and total memory of GPU 0 from nvidia-smi; None without one."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    q = "name,driver_version,memory.total"
+    r = subprocess.run(
+        [smi, f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    name, driver, total = (s.strip() for s in r.stdout.splitlines()[0].split(","))
+    return {"name": name, "driver": driver, "memory_total_bytes": int(float(total) * MiB)}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages the numbers depend on (None: not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("av", "grpcio", "protobuf", "onnxruntime", "torch", "PyNvVideoCodec", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ---------------------------------------------------------------- memory and CPU of the server
+
+
+def _smi(query: str, what: str) -> list[list[str]]:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    r = subprocess.run(
+        [smi, f"--query-{what}={query}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        return []
+    return [[c.strip() for c in line.split(",")] for line in r.stdout.splitlines() if line.strip()]
+
+
+def _gpu_metrics(metrics_port: int | None) -> dict[str, float]:
+    """Samples of the server's /metrics whose name mentions gpu, cuda or torch (e.g. torch's
+    reserved memory, if the server exports it)."""
+    if metrics_port is None:
+        return {}
+    try:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not re.match(r"\S*(gpu|cuda|torch)", line, re.I):
+            continue
+        name, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[name] = float(value)
+    return out
+
+
+def memory_sample(pid: int, metrics_port: int | None) -> dict[str, Any]:
+    """GPU memory used by the server's process tree and by the whole device (bytes, from
+    nvidia-smi), RSS of the tree, and any GPU memory the server's metrics report."""
+    pids = set(process_tree(pid))
+    apps = _smi("pid,used_memory", "compute-apps")
+    mine = [float(m) for p, m in apps if p.isdigit() and int(p) in pids and _num(m)]
+    device = _smi("memory.used", "gpu")
+    return {
+        "gpu_process_bytes": int(sum(mine) * MiB) if mine else None,
+        "gpu_device_bytes": int(float(device[0][0]) * MiB)
+        if device and _num(device[0][0])
+        else None,
+        "rss_bytes": int(tree_rss_mb(pid) * MiB),
+        "server_metrics": _gpu_metrics(metrics_port),
+    }
+
+
+def _num(s: str) -> bool:
+    with contextlib.suppress(ValueError):
+        float(s)
+        return True
+    return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server's process tree (/proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+# ---------------------------------------------------------------- load (vidtag bench's generator)
+
+
+def _client_part(
+    target: str,
+    paths: Sequence[str],
+    concurrency: int,
+    seconds: float | None,
+    requests: int | None,
+    start_at: float,
+    timeout: float,
+) -> tuple[Step, float]:
+    """One client process's share of a closed-loop step: (step, its CPU seconds)."""
+    clips = read_clips([Path(p) for p in paths])
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = time.process_time()
+    plan = Plan(concurrencies=(concurrency,), requests=requests, duration_s=seconds)
+    (step,) = asyncio.run(run_plan(target, clips, plan, CallOptions(timeout=timeout)))
+    return step, time.process_time() - cpu0
+
+
+def _warm_client() -> int:
+    import grpc  # noqa: F401
+
+    return os.getpid()
+
+
+class Load:
+    """Closed-loop steps through `vidtag bench`'s `run_plan`, split over client processes."""
+
+    def __init__(self, procs: int, timeout: float) -> None:
+        self.procs, self.timeout = procs, timeout
+        self.pool: cf.ProcessPoolExecutor | None = None
+        if procs > 1:
+            ctx = multiprocessing.get_context("spawn")  # no fork after grpc/PyAV are loaded
+            self.pool = cf.ProcessPoolExecutor(procs, mp_context=ctx)
+            list(self.pool.map(_warm_client, range(procs)))  # imports done before any timing
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def step(
+        self,
+        target: str,
+        paths: Sequence[Path],
+        concurrency: int,
+        *,
+        seconds: float | None = None,
+        requests: int | None = None,
+        warmup: int = 0,
+        server_pid: int | None = None,
+    ) -> dict[str, Any]:
+        """Warm-up requests (not counted), then one measured step; its bench summary plus
+        client and server CPU use (cores busy on average) and payload MB/s."""
+        strs = [str(p) for p in paths]
+        if warmup:
+            plan = Plan(concurrencies=(concurrency,), requests=warmup)
+            clips = read_clips(paths)
+            asyncio.run(run_plan(target, clips, plan, CallOptions(timeout=self.timeout)))
+        n = max(1, min(self.procs, concurrency))
+        conc = [concurrency // n + (i < concurrency % n) for i in range(n)]
+        reqs: list[int | None] = [None] * n
+        if requests is not None:
+            reqs = [requests // n + (i < requests % n) for i in range(n)]
+        srv0 = cpu_seconds(server_pid) if server_pid else 0.0
+        t0 = time.monotonic()
+        if n == 1 or self.pool is None:
+            parts = [_client_part(target, strs, concurrency, seconds, requests, 0.0, self.timeout)]
+        else:
+            start_at = time.time() + 0.3
+            futures = [
+                self.pool.submit(_client_part, target, strs, c, seconds, r, start_at, self.timeout)
+                for c, r in zip(conc, reqs, strict=True)
+            ]
+            parts = [f.result() for f in futures]
+        wall = time.monotonic() - t0
+        srv = (cpu_seconds(server_pid) - srv0) / wall if server_pid else None
+        merged = Step("closed", float(concurrency))
+        merged.wall_s = max(s.wall_s for s, _ in parts)
+        merged.samples = sorted((x for s, _ in parts for x in s.samples), key=lambda x: x.sent_s)
+        summary = merged.summary()
+        sizes = [Path(p).stat().st_size for p in strs] or [0]
+        mean_bytes = float(np.mean([sizes[s.clip % len(sizes)] for s in merged.samples] or [0]))
+        summary["payload_mb_s"] = summary["throughput_clips_s"] * mean_bytes / 1e6
+        summary["client_procs"] = n
+        summary["client_cpu"] = max(cpu / s.wall_s if s.wall_s else 0.0 for s, cpu in parts)
+        summary["server_cpu_cores"] = srv
+        return summary
+
+
+# ---------------------------------------------------------------- configurations and phases
+
+
+@dataclass
+class Config:
+    model: Model
+    decoder: str
+    runtime: str  # "auto": no --runtime flag
+    memory: bool = False
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.label} / {self.decoder} / {self.runtime}"
+
+
+def serve_args(cfg: Config, args: argparse.Namespace, help_text: str) -> list[str]:
+    """`vidtag serve` flags for one configuration: batching sized for throughput, large queues,
+    the decoder's workers; GPU flags only when the server has them."""
+    a = [
+        "--models", str(cfg.model.repository), "--model", cfg.model.name,
+        "--model-version", cfg.model.version,
+        "--max-batch-size", str(args.max_batch_size),
+        "--max-queue-delay-microseconds", str(args.queue_delay_us),
+        "--max-queue-size", "2048", "--decode-queue-size", "2048",
+        "--repository-poll-s", "0", "--grace-s", "2",
+    ]  # fmt: skip
+    if has_flag(help_text, "--device"):
+        a += ["--device", args.device]
+    if args.device != "cpu" and has_flag(help_text, "--precision"):
+        a += ["--precision", args.precision]
+    if cfg.runtime != "auto":
+        a += ["--runtime", cfg.runtime]
+    if has_flag(help_text, "--decode-backend"):
+        a += ["--decode-backend", cfg.decoder]
+    if cfg.decoder in ("pyav", "hybrid"):
+        a += ["--workers", str(args.cpu_workers)]  # CPU decode worker processes
+    if cfg.decoder in ("nvdec", "hybrid") and has_flag(help_text, "--nvdec-workers"):
+        a += ["--nvdec-workers", str(args.nvdec_workers)]  # NVDEC threads in the server
+    return a + list(args.serve_arg)
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def memory_phase(
+    load: Load,
+    target: str,
+    pid: int,
+    metrics_port: int,
+    paths: Sequence[Path],
+    args: argparse.Namespace,
+    budget: Budget,
+) -> dict[str, Any]:
+    """Closed loop over the mixed clips: memory before, after the first `memory_first`
+    clips, then after each chunk up to `memory_clips` (or until its time is up)."""
+    t_end = time.monotonic() + min(args.memory_s, max(0.0, budget.left() - args.reserve_s))
+    samples = [{"clips": 0, **memory_sample(pid, metrics_port)}]
+    done, ok, errors, wall = 0, 0, 0, 0.0
+    chunk = args.memory_first
+    while done < args.memory_clips and time.monotonic() < t_end:
+        n = min(chunk, args.memory_clips - done)
+        s = load.step(target, paths, args.memory_concurrency, requests=n)
+        done += s["requests"]
+        ok += s["ok"]
+        errors += s["requests"] - s["ok"]
+        wall += s["wall_s"]
+        samples.append({"clips": done, "t_s": round(wall, 2), **memory_sample(pid, metrics_port)})
+        # Later chunks: about 10 s of work each, so the phase stops close to its time.
+        rate = ok / wall if wall > 0 else 1.0
+        chunk = int(max(args.memory_first, min(args.memory_chunk, rate * 10)))
+    measure = "rss_bytes"
+    for key in ("gpu_process_bytes", "gpu_device_bytes"):
+        if all(s[key] is not None for s in samples):
+            measure = key
+            break
+    first = next((s for s in samples if s["clips"] >= args.memory_first), None)
+    last = samples[-1]
+    growth = None
+    if first is not None and last is not first and first[measure]:
+        growth = (last[measure] - first[measure]) / first[measure]
+    print(
+        f"  memory: {done} clips ({ok} ok, {errors} failed) in {wall:.1f} s; {measure} "
+        + " -> ".join(
+            f"{s['clips']}: {s[measure] / MiB:.0f} MiB" for s in (samples[0], first, last) if s
+        )
+        + (f"; growth {growth:+.2%}" if growth is not None else ""),
+        flush=True,
+    )
+    return {
+        "clips": done,
+        "target_clips": args.memory_clips,
+        "first_clips": args.memory_first,
+        "concurrency": args.memory_concurrency,
+        "ok": ok,
+        "errors": errors,
+        "wall_s": wall,
+        "throughput_clips_s": ok / wall if wall else 0.0,
+        "measure": measure,
+        "before": samples[0][measure],
+        "after_first": first[measure] if first else None,
+        "after_last": last[measure],
+        "growth": growth,
+        "samples": samples,
+    }
+
+
+def run_config(
+    cfg: Config,
+    args: argparse.Namespace,
+    help_text: str,
+    clips: dict[str, list[Path]],
+    load: Load,
+    budget: Budget,
+    phases: set[str],
+) -> dict[str, Any]:
+    """A fresh server for `cfg`, then its phases; the configuration's JSON record."""
+    extra = serve_args(cfg, args, help_text)
+    metrics_port = _free_port()
+    extra += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
+    logs = args.cache / "logs" / re.sub(r"[^\w.-]+", "_", cfg.label)
+    rec: dict[str, Any] = {
+        "model": cfg.model.label,
+        "model_key": cfg.model.key,
+        "model_input": cfg.model.input,
+        "decoder": cfg.decoder,
+        "runtime": cfg.runtime,
+        "serve_args": extra,
+        "server_log": str(logs / "server.log"),
+        "status": "ok",
+        "steps": {},
+    }
+    print(f"\n== {cfg.label}", flush=True)
+    t0 = time.monotonic()
+    try:
+        with serve(logs, None, extra) as (target, pid):
+            rec["startup_s"] = time.monotonic() - t0
+            rec["memory_at_start"] = memory_sample(pid, metrics_port)
+            print(f"  SERVING after {rec['startup_s']:.1f} s (pid {pid})", flush=True)
+            if cfg.memory and "memory" in phases:
+                rec["memory"] = memory_phase(
+                    load, target, pid, metrics_port, clips["mixed"], args, budget
+                )
+            if "latency" in phases:
+                if budget.left() < args.latency_s + args.reserve_s:
+                    rec["skipped_phases"] = [*rec.get("skipped_phases", []), "latency (budget)"]
+                else:
+                    s = load.step(
+                        target, clips["bar"], 1, seconds=args.latency_s, warmup=5, server_pid=pid
+                    )
+                    rec["steps"]["1"] = s
+                    _print_step(1, s)
+            for c in args.concurrency if "throughput" in phases else ():
+                if budget.left() < args.step_s + args.reserve_s:
+                    rec["skipped_phases"] = [*rec.get("skipped_phases", []), f"c={c} (budget)"]
+                    continue
+                s = load.step(
+                    target, clips["bar"], c, seconds=args.step_s, warmup=c, server_pid=pid
+                )
+                rec["steps"][str(c)] = s
+                _print_step(c, s)
+            rec["memory_at_end"] = memory_sample(pid, metrics_port)
+    except Exception as exc:  # a server that did not come up, or a phase that broke
+        rec["status"] = "failed"
+        rec["reason"] = f"{type(exc).__name__}: {exc}"
+        log = logs / "server.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
+        rec["server_log_tail"] = tail
+        print(f"  FAILED: {exc}\n    " + "\n    ".join(tail), flush=True)
+    rec["wall_s"] = time.monotonic() - t0
+    return rec
+
+
+def _print_step(c: int, s: dict[str, Any]) -> None:
+    lat, srv = s["latency_ms"], s["server_ms"]
+    print(
+        f"  c={c:<4d} {s['ok']:>6d} ok {s['requests'] - s['ok']:>4d} failed  "
+        f"{s['throughput_clips_s']:8.1f} clips/s  p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])} ms"
+        f"  (decode {_ms(srv.get('decode_ms'))}, inference {_ms(srv.get('inference_ms'))}, "
+        f"batch {srv.get('batch_size', 0.0):.1f})",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def evaluate_bars(configs: Sequence[dict[str, Any]], dry: bool) -> list[dict[str, Any]]:
+    """The issue's three bars over the configurations that ran."""
+    ran = [c for c in configs if c["status"] == "ok"]
+    bars: list[dict[str, Any]] = []
+
+    lat = [
+        (c["steps"]["1"]["latency_ms"]["p50"], c)
+        for c in ran
+        if c["model_key"] == "default"
+        and "1" in c["steps"]
+        and c["steps"]["1"]["latency_ms"]["p50"] is not None
+        and not c["steps"]["1"]["errors"]
+    ]
+    best = min(lat, key=lambda x: x[0], default=None)
+    bars.append(
+        {
+            "bar": f"p50 <= {P50_BAR_MS:g} ms at concurrency 1 (default model, 30 s 540x960 "
+            "H.264, GOP 4 s)",
+            "passed": best is not None and best[0] <= P50_BAR_MS,
+            "value": best[0] if best else None,
+            "where": f"{best[1]['model']} / {best[1]['decoder']} / {best[1]['runtime']}"
+            if best
+            else "not measured",
+        }
+    )
+
+    steps = [
+        (s, c, k)
+        for c in ran
+        if c["model_key"] == R2P1D
+        for k, s in c["steps"].items()
+        if not s["errors"] and s["latency_ms"]["p99"] is not None
+    ]
+    within = [x for x in steps if x[0]["latency_ms"]["p99"] <= P99_BAR_MS]
+    pick = max(within or steps, key=lambda x: x[0]["throughput_clips_s"], default=None)
+    bars.append(
+        {
+            "bar": f">= {THROUGHPUT_BAR:g} clips/s with R(2+1)D-18 at p99 <= {P99_BAR_MS:g} ms",
+            "passed": bool(within)
+            and pick is not None
+            and pick[0]["throughput_clips_s"] >= THROUGHPUT_BAR,
+            "value": pick[0]["throughput_clips_s"] if pick else None,
+            "p99_ms": pick[0]["latency_ms"]["p99"] if pick else None,
+            "where": f"{pick[1]['decoder']} / {pick[1]['runtime']}, c={pick[2]}"
+            if pick
+            else "not measured",
+        }
+    )
+
+    mems = [c for c in ran if "memory" in c]
+    gpu = [c for c in mems if c["memory"]["measure"] != "rss_bytes"]
+    judged = mems if dry else gpu
+    complete = [c for c in judged if c["memory"]["clips"] >= c["memory"]["target_clips"]]
+    growths = [c["memory"]["growth"] for c in judged if c["memory"]["growth"] is not None]
+    worst = max(judged, key=lambda c: c["memory"]["growth"] or 0.0, default=None)
+    notes = []
+    if not judged:
+        notes.append("no GPU memory reading" if mems else "not measured")
+    notes += [
+        f"{c['model']} / {c['decoder']}: {c['memory']['clips']} of "
+        f"{c['memory']['target_clips']} clips"
+        for c in judged
+        if c not in complete
+    ]
+    bars.append(
+        {
+            "bar": f"memory growth within {MEMORY_BAR:.0%} from the first "
+            f"{judged[0]['memory']['first_clips'] if judged else 100} clips to the last",
+            "passed": bool(judged)
+            and len(complete) == len(judged)
+            and len(growths) == len(judged)
+            and all(abs(g) <= MEMORY_BAR for g in growths),
+            "value": worst["memory"]["growth"] if worst else None,
+            "where": f"{worst['model']} / {worst['decoder']} ({worst['memory']['measure']})"
+            if worst
+            else "not measured",
+            "notes": notes,
+        }
+    )
+    return bars
+
+
+def table(configs: Sequence[dict[str, Any]]) -> str:
+    head = (
+        f"{'model':<24} {'decoder':<7} {'runtime':<7} {'c':>4} {'reqs':>6} {'err':>4} "
+        f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
+        f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'cliCPU':>6}"
+    )
+    rows = [head, "-" * len(head)]
+    for c in configs:
+        pre = f"{c['model']:<24} {c['decoder']:<7} {c['runtime']:<7}"
+        if c["status"] != "ok":
+            rows.append(f"{pre} {c['status']}: {c.get('reason', '')}")
+            continue
+        for k, s in c["steps"].items():
+            lat, srv = s["latency_ms"], s["server_ms"]
+            cpu = s["server_cpu_cores"]
+            rows.append(
+                f"{pre} {k:>4} {s['requests']:>6} {s['requests'] - s['ok']:>4} "
+                f"{s['throughput_clips_s']:>8.1f} {_ms(lat['p50']):>7} {_ms(lat['p90']):>7} "
+                f"{_ms(lat['p99']):>7} {_ms(srv.get('decode_ms')):>7} "
+                f"{_ms(srv.get('inference_ms')):>7} {_ms(srv.get('other_ms')):>7} "
+                f"{_ms(srv.get('e2e_minus_total_ms')):>7} {srv.get('batch_size', 0.0):>5.1f} "
+                f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {s['client_cpu']:>6.2f}"
+            )
+        if not c["steps"]:
+            rows.append(f"{pre} (no load steps)")
+    return "\n".join(rows)
+
+
+def memory_table(configs: Sequence[dict[str, Any]]) -> str:
+    head = (
+        f"{'model':<24} {'decoder':<7} {'measure':<18} {'clips':>6} {'before':>9} "
+        f"{'after N0':>9} {'after N':>9} {'growth':>8} {'errors':>6} {'server gpu metrics'}"
+    )
+    rows = [head, "-" * len(head)]
+    for c in configs:
+        m = c.get("memory")
+        if not m:
+            continue
+
+        def mib(x: int | None) -> str:
+            return "-" if x is None else f"{x / MiB:.0f}M"
+
+        extra = m["samples"][-1]["server_metrics"]
+        rows.append(
+            f"{c['model']:<24} {c['decoder']:<7} {m['measure']:<18} {m['clips']:>6} "
+            f"{mib(m['before']):>9} {mib(m['after_first']):>9} {mib(m['after_last']):>9} "
+            f"{'-' if m['growth'] is None else format(m['growth'], '+.2%'):>8} "
+            f"{m['errors']:>6} "
+            + (", ".join(f"{k}={v:.0f}" for k, v in list(extra.items())[:3]) or "-")
+        )
+    return "\n".join(rows)
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _tokens(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU smoke run (small everything)")
+    p.add_argument("--minutes", type=float, default=None, help="whole-run budget (8; dry 2)")
+    p.add_argument(
+        "--only",
+        type=_tokens,
+        default=[],
+        metavar="T,...",
+        help="run only these "
+        "models (default, r2plus1d_18), decoders, runtimes and phases (memory, "
+        "latency, throughput)",
+    )
+    p.add_argument("--skip", type=_tokens, default=[], metavar="T,...", help="skip these")
+    p.add_argument("--device", default=None, help="server --device (cuda; dry: cpu)")
+    p.add_argument("--precision", default="fp16", help="server --precision on a GPU (fp16)")
+    p.add_argument("--decoders", type=_tokens, default=list(DECODERS), metavar="D,...")
+    p.add_argument(
+        "--runtimes",
+        type=_tokens,
+        default=None,
+        metavar="R,...",
+        help="server --runtime values; auto passes none (auto; dry: onnx,torch when "
+        "the server has --runtime)",
+    )
+    p.add_argument("--concurrency", type=_ints, default=None, help="throughput steps (8,64,256)")
+    p.add_argument("--latency-s", type=float, default=None, help="c=1 seconds (10; dry 3)")
+    p.add_argument("--step-s", type=float, default=None, help="s per throughput step (8; dry 3)")
+    p.add_argument("--memory-clips", type=int, default=None, help="clips (10000; dry 200)")
+    p.add_argument("--memory-first", type=int, default=100, help="first reading after (100)")
+    p.add_argument("--memory-chunk", type=int, default=None, help="clips between readings")
+    p.add_argument("--memory-s", type=float, default=None, help="phase time cap (90; dry 30)")
+    p.add_argument("--memory-concurrency", type=int, default=None, help="(64; dry 4)")
+    p.add_argument("--client-procs", type=int, default=None, help="client processes (4; dry 1)")
+    p.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=None,
+        help="server --workers for CPU decode (cores - client procs)",
+    )
+    p.add_argument("--nvdec-workers", type=int, default=8, help="server --nvdec-workers (8)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="server batching (64; dry 8)")
+    p.add_argument("--queue-delay-us", type=int, default=0, help="server queue delay (0)")
+    p.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
+    p.add_argument("--bar-clips", type=int, default=4, help="distinct 540x960 clips (4)")
+    p.add_argument("--r2plus1d-input", default=None, help="FxS of R(2+1)D-18 (8x112; dry 4x56)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline, s")
+    p.add_argument("--cache", type=Path, default=CACHE, help="clips, models, logs")
+    p.add_argument("--out", type=Path, default=None, help="JSON (build/gpu-bench/gpu.json)")
+    args = p.parse_args(argv)
+    dry = args.dry_run
+    cores = os.cpu_count() or 1
+
+    def pick(name: str, device_default: Any, dry_default: Any) -> None:
+        if getattr(args, name) is None:
+            setattr(args, name, dry_default if dry else device_default)
+
+    pick("minutes", 8.0, 2.0)
+    pick("device", "cuda", "cpu")
+    pick("concurrency", [8, 64, 256], [2, 4])
+    pick("latency_s", 10.0, 3.0)
+    pick("step_s", 8.0, 3.0)
+    pick("memory_clips", 10_000, 200)
+    pick("memory_chunk", 1000, 100)
+    pick("memory_s", 90.0, 30.0)
+    pick("memory_concurrency", 64, 4)
+    pick("client_procs", 4, 1)
+    pick("max_batch_size", 64, 8)
+    pick("r2plus1d_input", "8x112", "4x56")
+    pick("out", args.cache / "gpu.json", args.cache / "gpu-dry.json")
+    pick("cpu_workers", max(1, cores - args.client_procs), max(1, min(2, cores)))
+    args.reserve_s = 5.0 if dry else 10.0  # left for shutting the server down and reporting
+    known = {"default", R2P1D, *DECODERS, *RUNTIMES, *PHASES}
+    for t in args.only + args.skip + args.decoders + (args.runtimes or []):
+        if t not in known:
+            p.error(f"unknown name {t!r}; known: {', '.join(sorted(known))}")
+    return args
+
+
+def _wanted(values: dict[str, str], only: Sequence[str], skip: Sequence[str]) -> bool:
+    """Kept unless a value is in --skip; with --only naming any value of a category (model,
+    decoder, runtime) in `values`, the value must be among them."""
+    if any(v in skip for v in values.values()):
+        return False
+    groups = {"model": {"default", R2P1D}, "decoder": set(DECODERS), "runtime": set(RUNTIMES)}
+    for cat, value in values.items():
+        asked = [t for t in only if t in groups[cat]]
+        if asked and value not in asked:
+            return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.monotonic()
+    budget = Budget(args.minutes * 60.0)
+    dry = args.dry_run
+    phases = {ph for ph in PHASES if ph not in args.skip}
+    if any(t in PHASES for t in args.only):
+        phases &= set(args.only)
+    help_text = serve_help()
+    if not help_text:
+        print("gpu bench: `python -m vidtag.cli serve --help` failed (stubs generated?)")
+        return 2
+    if args.device != "cpu" and not has_flag(help_text, "--device"):
+        print(f"gpu bench: this vidtag serve has no --device flag: cannot run on {args.device}")
+        return 2
+    flags = ["--device", "--runtime", "--precision", "--decode-backend", "--nvdec-workers"]
+    available = decoder_availability(args.device, help_text)
+    runtimes = args.runtimes
+    if runtimes is None:
+        torch_ok = has_flag(help_text, "--runtime") and "torch" in help_text
+        runtimes = ["onnx", "torch"] if dry and torch_ok else ["auto"]
+    if any(r != "auto" for r in runtimes) and not has_flag(help_text, "--runtime"):
+        print("gpu bench: this vidtag serve has no --runtime flag; use --runtimes auto")
+        return 2
+    gpu = gpu_info()
+    print(
+        f"gpu bench{' (dry run)' if dry else ''}: budget {args.minutes:g} min, "
+        f"device {args.device}, GPU {gpu['name'] if gpu else 'none'}, {os.cpu_count()} cores"
+    )
+    print(
+        "  serve flags: "
+        + ", ".join(f"{f} {'yes' if has_flag(help_text, f) else 'no'}" for f in flags)
+    )
+    print(
+        "  decoders: "
+        + ", ".join(f"{d} {'yes' if r is None else f'no ({r})'}" for d, r in available.items())
+    )
+
+    # Clips and models (their time counts in the budget).
+    t0 = time.monotonic()
+    size, seconds = ((270, 480), 3) if dry else ((540, 960), 30)
+    bar_cfgs, mix_cfgs = bar_clips(size, seconds, args.bar_clips), mixed_clips(dry)
+    need_mix = "memory" in phases
+    clip_paths, gen_s = build_clips(bar_cfgs + (mix_cfgs if need_mix else []), args.cache / "clips")
+    clips = {"bar": clip_paths[: len(bar_cfgs)], "mixed": clip_paths[len(bar_cfgs) :]}
+    print(
+        f"  clips: {len(clip_paths)} ({sum(p.stat().st_size for p in clip_paths) / 1e6:.1f} MB)"
+        f", encoded in {gen_s:.1f} s"
+    )
+    from vidtag.runtime.repository import default_repository
+
+    models: list[Model] = []
+    export_s = 0.0
+    if _wanted({"model": "default"}, args.only, args.skip):
+        models.append(default_model(default_repository()))
+    if _wanted({"model": R2P1D}, args.only, args.skip):
+        frames, side = (int(v) for v in args.r2plus1d_input.lower().split("x"))
+        m, export_s = r2plus1d_model(args.cache, frames, side)
+        models.append(m)
+        print(
+            f"  {m.label}: {m.repository}"
+            + (f" (exported in {export_s:.1f} s)" if export_s else " (cached)")
+        )
+    prep_s = time.monotonic() - t0
+
+    # Configurations: required decoders first (model-interleaved), optional ones last.
+    configs: list[Config] = []
+    skipped: list[dict[str, str]] = []
+    order = [d for d in args.decoders if d not in OPTIONAL_DECODERS]
+    order += [d for d in args.decoders if d in OPTIONAL_DECODERS]
+    for dec in order:
+        for m in models:
+            for rt in runtimes:
+                if not _wanted(
+                    {"model": m.key, "decoder": dec, "runtime": rt}, args.only, args.skip
+                ):
+                    continue
+                if available.get(dec) is not None:
+                    skipped.append(
+                        {
+                            "model": m.label,
+                            "decoder": dec,
+                            "runtime": rt,
+                            "reason": str(available[dec]),
+                        }
+                    )
+                    continue
+                configs.append(Config(m, dec, rt))
+    for m in models:  # memory: the first configuration that runs per model
+        first = next((c for c in configs if c.model is m), None)
+        if first is not None:
+            first.memory = True
+
+    report: dict[str, Any] = {
+        "tool": "benchmarks/gpu.py",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dry_run": dry,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "gpu": gpu,
+            "packages": package_versions(),
+        },
+        "serve_flags": {f: has_flag(help_text, f) for f in flags},
+        "decoders": available,
+        "clips": {
+            "bar": [
+                {**asdict(c), "name": c.name, "bytes": p.stat().st_size}
+                for c, p in zip(bar_cfgs, clips["bar"], strict=True)
+            ],
+            "mixed": [
+                {**asdict(c), "name": c.name, "bytes": p.stat().st_size}
+                for c, p in zip(mix_cfgs, clips["mixed"], strict=True)
+            ],
+            "encode_s": gen_s,
+        },
+        "models": [{**asdict(m), "repository": str(m.repository)} for m in models],
+        "export_s": export_s,
+        "prepare_s": prep_s,
+        "configs": [],
+        "skipped": skipped,
+    }
+    load = Load(args.client_procs, args.timeout)
+    startup_est = 10.0 if dry else 30.0
+    try:
+        for cfg in configs:
+            est = startup_est + args.latency_s + len(args.concurrency) * (args.step_s + 2)
+            if cfg.memory and "memory" in phases:
+                est += args.memory_s / 2
+            # Optional decoders only while the budget covers them; the rest while anything is left.
+            need = est if cfg.decoder in OPTIONAL_DECODERS else startup_est + args.reserve_s
+            if budget.left() < need:
+                skipped.append(
+                    {
+                        "model": cfg.model.label,
+                        "decoder": cfg.decoder,
+                        "runtime": cfg.runtime,
+                        "reason": "time budget",
+                    }
+                )
+                print(f"\n== {cfg.label}: skipped (time budget)", flush=True)
+                continue
+            rec = run_config(cfg, args, help_text, clips, load, budget, phases)
+            if "startup_s" in rec:
+                startup_est = max(startup_est, rec["startup_s"] + 5.0)
+            report["configs"].append(rec)
+            write_report(args.out, report)
+    finally:
+        load.close()
+
+    report["bars"] = bars = evaluate_bars(report["configs"], dry)
+    report["wall_s"] = time.monotonic() - t_start
+    write_report(args.out, report)
+    print("\n" + table(report["configs"]))
+    print(
+        "(ms; decode/infer/rest = server means, rest = total - decode - inference; "
+        "e2e-tot = client latency - server total; batch = mean batch size; MB/s uploaded; "
+        "srvCPU = server cores busy; cliCPU = busiest client process)"
+    )
+    if any("memory" in c for c in report["configs"]):
+        print("\n" + memory_table(report["configs"]))
+    for s in skipped:
+        print(f"skipped: {s['model']} / {s['decoder']} / {s['runtime']}: {s['reason']}")
+    print(
+        "\nbars"
+        + (
+            " (dry run on CPU: the bars are for one H100; shown to exercise the path)"
+            if dry
+            else ""
+        )
+    )
+    for b in bars:
+        val = b["value"]
+        shown = "-" if val is None else (f"{val:+.2%}" if "memory" in b["bar"] else f"{val:.1f}")
+        extra = f", p99 {_ms(b['p99_ms'])} ms" if "p99_ms" in b else ""
+        where = b["where"] + (f"; {'; '.join(b['notes'])}" if b.get("notes") else "")
+        print(f"  {'PASS' if b['passed'] else 'FAIL'}  {b['bar']}: {shown}{extra} ({where})")
+    print(f"\nwall {report['wall_s']:.0f} s; report: {args.out}")
+    ran = [c for c in report["configs"] if c["status"] == "ok"]
+    if not ran:
+        return 2
+    if dry:
+        clean = all(
+            c["status"] == "ok"
+            and all(not s["errors"] for s in c["steps"].values())
+            and not c.get("memory", {}).get("errors")
+            for c in report["configs"]
+        )
+        return 0 if clean else 1
+    return 0 if all(b["passed"] for b in bars) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

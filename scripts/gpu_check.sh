@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The GPU benchmark on a CUDA machine (issue 6): benchmarks/gpu.py, about 8 minutes on one H100.
+#
+# Through the device tool, from the repository root:
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl", "build/gpu-bench/wheels"],
+#       timeout_s=600)
+# The machine has Python 3.12 and torch with CUDA but no PyAV, grpcio-tools,
+# grpcio-health-checking or grpcio-reflection. Every wheel in .whl/ (PyAV:
+# av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl) and build/gpu-bench/wheels/ is installed into
+# /tmp/site first; fill the latter here with the versions of requirements/gpu.lock:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d build/gpu-bench/wheels grpcio==1.85.3 \
+#     grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
+#     protobuf==7.36.2
+# (one version of each package across both folders). A PyNvVideoCodec wheel there too enables
+# the nvdec decoder; without it nvdec and hybrid are skipped and reported as such.
+#
+# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Writes gpu.json,
+# gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
+# build/gpu-bench/. Exit status: gpu.py's (0 every bar passed, 1 a bar failed, 2 nothing ran),
+# or 2 when the environment is not usable (said why).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+out=${OUT:-build/gpu-bench}
+site=${SITE:-/tmp/site}  # where the wheels are installed
+mkdir -p "$out" build/gpu-bench
+
+shopt -s nullglob
+wheels=(.whl/*.whl build/gpu-bench/wheels/*.whl)
+if ((${#wheels[@]})); then
+  echo "installing ${#wheels[@]} wheel(s) into $site: ${wheels[*]##*/}"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "${wheels[@]}" || { echo "gpu_check: installing the wheels failed"; exit 2; }
+  export PYTHONPATH=$site:src
+else
+  export PYTHONPATH=src
+fi
+
+# What this machine offers (also kept as env.txt).
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv \
+    || echo "nvidia-smi: not available"
+  nproc
+  $PY - <<'EOF'
+import importlib
+for name in ("av", "grpc", "grpc_tools", "grpc_health", "grpc_reflection", "google.protobuf",
+             "numpy", "onnx", "onnxruntime", "torch", "PyNvVideoCodec", "prometheus_client",
+             "tqdm", "PIL"):
+    try:
+        mod = importlib.import_module(name)
+        print(f"{name:18s} {getattr(mod, '__version__', 'yes')}")
+    except Exception as exc:  # ImportError, or a driver check failing at import
+        print(f"{name:18s} MISSING ({type(exc).__name__}: {exc})")
+try:
+    import torch
+    ok = torch.cuda.is_available()
+    print("torch.cuda         ", torch.cuda.get_device_name(0) if ok else "not available")
+except Exception as exc:
+    print("torch.cuda          not available:", exc)
+EOF
+} 2>&1 | tee "$out/env.txt"
+
+# gRPC stubs are generated, not committed.
+if $PY -c "import grpc_tools" 2>/dev/null; then
+  $PY -m grpc_tools.protoc -Iproto --python_out=src --pyi_out=src --grpc_python_out=src \
+    proto/vidtag/v1/tagger.proto || { echo "gpu_check: generating the gRPC stubs failed"; exit 2; }
+elif [ -f src/vidtag/v1/tagger_pb2.py ] && [ -f src/vidtag/v1/tagger_pb2_grpc.py ]; then
+  echo "grpc_tools missing: using the stubs already in src/vidtag/v1"
+else
+  echo "gpu_check: grpc_tools is not installed and src/vidtag/v1 has no stubs; carry the" \
+    "grpcio-tools wheel (see the top of scripts/gpu_check.sh)"
+  exit 2
+fi
+missing=$($PY - <<'EOF'
+import importlib
+need = ("av", "grpc", "grpc_health.v1.health_pb2", "grpc_reflection.v1alpha.reflection",
+        "vidtag.v1.tagger_pb2_grpc", "vidtag.server.app", "torch", "onnxruntime")
+for name in need:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        print(f"{name} ({type(exc).__name__}: {exc})")
+EOF
+)
+if [ -n "$missing" ]; then
+  echo "gpu_check: cannot import:"
+  echo "$missing"
+  echo "carry the missing packages as wheels (see the top of scripts/gpu_check.sh)"
+  exit 2
+fi
+$PY -m vidtag.cli serve --help | grep -E -- '--(device|runtime|precision|decode-backend|nvdec-workers) '
+
+$PY benchmarks/gpu.py --out "$out/gpu.json" "$@" 2>&1 | tee "$out/gpu.log"
+rc=${PIPESTATUS[0]}
+tar czf "$out/server-logs.tgz" -C build/gpu-bench logs 2>/dev/null || true
+if [ "$out" != build/gpu-bench ]; then
+  cp "$out/gpu.json" "$out/gpu.log" build/gpu-bench/ 2>/dev/null || true
+fi
+echo "gpu_check: exit $rc; outputs in $out"
+exit "$rc"

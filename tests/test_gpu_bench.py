@@ -1,0 +1,133 @@
+"""benchmarks/gpu.py: the bars' verdicts, and its --dry-run end to end on the CPU (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _step(clips_s: float, p50: float, p99: float, errors: dict[str, int] | None = None) -> dict:
+    return {
+        "throughput_clips_s": clips_s,
+        "latency_ms": {"p50": p50, "p90": p99, "p99": p99},
+        "errors": errors or {},
+    }
+
+
+def _config(key: str, steps: dict[str, Any], memory: dict[str, Any] | None = None) -> dict:
+    rec: dict[str, Any] = {"model": key, "model_key": key, "decoder": "nvdec", "runtime": "auto"}
+    rec |= {"status": "ok", "steps": steps}
+    if memory is not None:
+        rec["memory"] = memory
+    return rec
+
+
+def _memory(growth: float, clips: int = 10_000, measure: str = "gpu_process_bytes") -> dict:
+    return {
+        "growth": growth,
+        "clips": clips,
+        "target_clips": 10_000,
+        "first_clips": 100,
+        "measure": measure,
+    }
+
+
+def test_bars_pass_and_fail_on_the_issue_numbers() -> None:
+    gpu = _load()
+    good = [
+        _config("default", {"1": _step(60, 18.0, 30.0)}, _memory(0.01)),
+        _config("r2plus1d_18", {"64": _step(650, 60, 140), "256": _step(900, 200, 400)}),
+    ]
+    assert [b["passed"] for b in gpu.evaluate_bars(good, dry=False)] == [True, True, True]
+    bars = gpu.evaluate_bars(good, dry=False)
+    assert bars[1]["value"] == 650  # the best step within p99 <= 150 ms, not the fastest
+
+    bad = [
+        _config("default", {"1": _step(40, 21.0, 30.0)}, _memory(0.03)),
+        _config("r2plus1d_18", {"64": _step(650, 60, 140, {"RESOURCE_EXHAUSTED": 3})}),
+    ]
+    assert [b["passed"] for b in gpu.evaluate_bars(bad, dry=False)] == [False, False, False]
+    # A memory phase cut short by the budget, or read only as RSS on a GPU run, does not pass.
+    short = [_config("default", {}, _memory(0.0, clips=4000))]
+    assert not gpu.evaluate_bars(short, dry=False)[2]["passed"]
+    rss = [_config("default", {}, _memory(0.0, measure="rss_bytes"))]
+    assert not gpu.evaluate_bars(rss, dry=False)[2]["passed"]
+    assert gpu.evaluate_bars(rss, dry=True)[2]["passed"]
+    assert [b["passed"] for b in gpu.evaluate_bars([], dry=False)] == [False, False, False]
+
+
+def test_only_and_skip_select_configurations() -> None:
+    gpu = _load()
+    cfg = {"model": "r2plus1d_18", "decoder": "nvdec", "runtime": "auto"}
+    assert gpu._wanted(cfg, [], [])
+    assert gpu._wanted(cfg, ["r2plus1d_18", "pyav", "nvdec"], [])
+    assert not gpu._wanted(cfg, ["default"], [])
+    assert not gpu._wanted(cfg, ["pyav"], [])
+    assert not gpu._wanted(cfg, [], ["nvdec"])
+    assert gpu._wanted({"model": "r2plus1d_18"}, ["nvdec", "memory"], [])
+
+
+@pytest.mark.slow
+def test_dry_run_reports_every_section(tmp_path: Path) -> None:
+    """The whole benchmark on the CPU (about 100 s on 2 cores): every section has numbers,
+    no request failed, and every bar was evaluated."""
+    out = tmp_path / "gpu.json"
+    paths = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--minutes", "6"]
+    cmd += ["--cache", str(tmp_path / "cache"), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] and report["wall_s"] > 0
+    assert report["decoders"]["pyav"] is None and report["decoders"]["nvdec"]  # a reason
+    assert {s["decoder"] for s in report["skipped"]} == {"nvdec", "hybrid"}
+    assert all(c["bytes"] > 0 for c in report["clips"]["bar"] + report["clips"]["mixed"])
+    assert {m["key"] for m in report["models"]} == {"default", "r2plus1d_18"}
+
+    configs = report["configs"]
+    assert {c["model_key"] for c in configs} == {"default", "r2plus1d_18"}
+    for c in configs:
+        assert c["status"] == "ok", c.get("reason")
+        assert set(c["steps"]) == {"1", "2", "4"}, c.get("skipped_phases")
+        for s in c["steps"].values():
+            assert s["requests"] > 0 and s["ok"] == s["requests"] and not s["errors"]
+            assert s["throughput_clips_s"] > 0
+            lat = s["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+            assert {"decode_ms", "inference_ms", "other_ms"} <= set(s["server_ms"])
+            assert s["server_ms"]["decode_ms"] > 0 and s["server_ms"]["inference_ms"] > 0
+        assert c["memory_at_start"]["rss_bytes"] > 0
+
+    memory = [c["memory"] for c in configs if "memory" in c]
+    assert len(memory) == 2  # one per model
+    for m in memory:
+        assert m["clips"] == m["target_clips"] == 200 and m["errors"] == 0
+        assert m["measure"] == "rss_bytes"
+        assert m["before"] > 0 and m["after_first"] > 0 and m["after_last"] > 0
+        assert isinstance(m["growth"], float)
+
+    bars = report["bars"]
+    assert len(bars) == 3 and all(isinstance(b["passed"], bool) for b in bars)
+    assert all(isinstance(b["value"], float) for b in bars)
+    assert sum(line.lstrip().startswith(("PASS", "FAIL")) for line in r.stdout.splitlines()) == 3
