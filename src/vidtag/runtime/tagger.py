@@ -11,7 +11,7 @@ import numpy as np
 from vidtag.decode import DecodedClip, DecodeLimits, sample_frames
 from vidtag.results import TagResult, TagScore, VideoInfo
 from vidtag.runtime.artifact import load_meta
-from vidtag.runtime.onnx_backend import OnnxBackend
+from vidtag.runtime.backends import Backend, RuntimeOptions, create_backend
 from vidtag.runtime.preprocess import preprocess
 from vidtag.runtime.repository import default_repository, resolve_model
 
@@ -39,7 +39,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class Tagger:
-    """Decode -> preprocess -> ONNX Runtime -> thresholds. Thread-safe."""
+    """Decode -> preprocess -> network -> thresholds. Thread-safe.
+
+    The network runs on ONNX Runtime (CPU) unless `runtime` says otherwise (the PyTorch
+    runtime, on the CPU or a CUDA device; see RuntimeOptions)."""
 
     def __init__(
         self,
@@ -48,13 +51,21 @@ class Tagger:
         limits: DecodeLimits | None = None,
         threads: int | None = None,
         sampling: dict[str, Any] | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.meta = load_meta(self.model_dir)
         self.name, self.version = self.meta.name, self.meta.version
         self.limits = limits or DecodeLimits()
         self.spec = self.meta.sampling_spec(**(sampling or {}))
-        self.backend = OnnxBackend(self.model_dir / self.meta.network_file, threads=threads)
+        self.runtime = runtime or RuntimeOptions()
+        spec = self.meta.input
+        self.backend = create_backend(
+            self.model_dir / self.meta.network_file,
+            self.runtime,
+            threads=threads,
+            input_shape=(3, spec.frames, spec.height, spec.width),
+        )
         self._group = {t: g for g, ts in self.meta.groups.items() for t in ts}
         self.rule = self.meta.decision_rule()
 
@@ -76,11 +87,10 @@ class Tagger:
     def decode(self, source: bytes | str | Path) -> DecodedClip:
         return sample_frames(source, self.spec, self.limits)
 
-    def infer(
-        self, batch: np.ndarray, backend: OnnxBackend | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Sigmoid scores (N, C) and L2-normalised embeddings (N, E) of a preprocessed batch
-        (on `backend`, another session of the same network, if given)."""
+    def infer(self, batch: Any, backend: Backend | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sigmoid scores (N, C) and L2-normalised embeddings (N, E) of a preprocessed batch,
+        a numpy array or (torch runtime) a tensor (on `backend`, another session of the same
+        network, if given)."""
         logits, emb = (backend or self.backend)(batch)
         e = emb.astype(np.float32)
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
