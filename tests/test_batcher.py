@@ -425,3 +425,67 @@ def test_a_broken_observer_does_not_break_scheduling() -> None:
 def test_config_validation(kwargs: dict[str, Any]) -> None:
     with pytest.raises((ValueError, TypeError)):
         BatcherConfig(**kwargs)
+
+
+class TensorModel(FakeModel):
+    """FakeModel that also takes a torch batch and records which kind each batch was."""
+
+    def __init__(self) -> None:
+        super().__init__(seconds=0.0)
+        self.kinds: list[str] = []
+
+    def __call__(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        self.kinds.append(type(batch).__module__.split(".")[0])
+        return super().__call__(batch if isinstance(batch, np.ndarray) else batch.numpy())
+
+
+def test_tensor_rows_and_numpy_rows_share_a_batch() -> None:
+    """GPU-decoded requests (tensors) and CPU-decoded ones (numpy) batch together: a batch
+    with any tensor is one tensor, numpy rows copied to its device; rows stay in order."""
+    torch = pytest.importorskip("torch")
+    model = TensorModel()
+
+    async def body(b: DynamicBatcher) -> None:
+        rows = [torch.from_numpy(clip(i)) if i % 2 else clip(i) for i in range(6)]
+        results = await asyncio.gather(*(b.submit(r) for r in rows))
+        for i, result in enumerate(results):
+            check(result, i)
+        check(await b.submit(clip(7)), 7)  # alone: stays numpy
+
+    run_with(model, body, max_batch_size=4, input_shape=SHAPE, input_dtype="float32")
+    assert model.sizes == [4, 2, 1]
+    assert model.kinds == ["torch", "torch", "numpy"]
+
+
+def test_tensor_inputs_are_checked_like_arrays() -> None:
+    torch = pytest.importorskip("torch")
+    model = TensorModel()
+
+    async def body(b: DynamicBatcher) -> None:
+        for bad, what in (
+            (torch.zeros((3, 2, 4, 5)), r"input shape \(3, 2, 4, 5\)"),
+            (torch.zeros(SHAPE, dtype=torch.float64), "input dtype float64"),
+            ([[1.0]], "must be a numpy array or torch tensor"),
+        ):
+            with pytest.raises(RpcFailure, match=what) as exc_info:
+                await b.submit(bad)
+            assert status(exc_info) is grpc.StatusCode.INVALID_ARGUMENT
+        check(await b.submit(torch.full(SHAPE, 3.0)), 3)
+
+    run_with(model, body, input_shape=SHAPE, input_dtype="float32")
+
+
+def test_numpy_batches_never_need_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With torch not importable (the CPU image), numpy requests batch as before."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    model = FakeModel(seconds=0.0)
+
+    async def body(b: DynamicBatcher) -> None:
+        results = await asyncio.gather(*(b.submit(clip(i)) for i in range(3)))
+        for i, result in enumerate(results):
+            check(result, i)
+
+    run_with(model, body, max_batch_size=4)
+    assert model.sizes == [3]

@@ -82,3 +82,61 @@ def test_decode_threads_default_to_the_cores_up_to_eight(monkeypatch: pytest.Mon
     assert ServeConfig(decode_threads=3).resolved_decode_threads == 3
     with pytest.raises(ValueError, match="decode_threads"):
         ServeConfig(decode_threads=0)
+
+
+def test_device_defaults_pick_the_runtime_and_precision() -> None:
+    cpu = ServeConfig()
+    assert (cpu.device, cpu.resolved_runtime, cpu.resolved_precision) == ("cpu", "onnx", "fp32")
+    cuda = ServeConfig(device="cuda:1")
+    assert (cuda.resolved_runtime, cuda.resolved_precision) == ("torch", "fp16")
+    opts = ServeConfig(device="cpu", runtime="torch", precision="bf16", max_batch_size=4)
+    assert opts.runtime_options().resolved_precision == "bf16"
+    assert opts.runtime_options().max_batch_size == 4
+    flags = _args(
+        "--device", "cuda", "--precision", "bf16", "--no-cuda-graphs",
+        "--decode-backend", "hybrid", "--nvdec-workers", "6",
+    )  # fmt: skip
+    cfg = config_from_args(flags, env={})
+    assert (cfg.device, cfg.precision, cfg.cuda_graphs) == ("cuda", "bf16", False)
+    assert (cfg.decode_backend, cfg.nvdec_workers) == ("hybrid", 6)
+    env = {"VIDTAG_DEVICE": "cuda:0", "VIDTAG_CUDA_GRAPHS": "false", "VIDTAG_RUNTIME": "none"}
+    cfg = config_from_args(_args(), env=env)
+    assert (cfg.device, cfg.cuda_graphs, cfg.runtime) == ("cuda:0", False, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"device": "gpu"}, "device must be 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "cuda:x"}, "device must be"),
+        ({"device": "cuda", "runtime": "onnx"}, "runtime 'onnx' runs on the CPU only"),
+        ({"runtime": "tensorrt"}, "runtime must be one of"),
+        ({"runtime": "torch", "precision": "fp16"}, "'fp16' needs a CUDA device"),
+        ({"runtime": "onnx", "precision": "bf16"}, "'onnx' runs fp32 only"),
+        ({"device": "cuda", "precision": "int8"}, "precision must be one of"),
+        ({"decode_backend": "nvdec"}, "needs device 'cuda' or 'cuda:N'"),
+        ({"decode_backend": "hybrid"}, "needs device 'cuda' or 'cuda:N'"),
+        ({"decode_backend": "ffmpeg"}, "decode_backend must be one of"),
+        ({"device": "cuda", "nvdec_workers": 0}, "nvdec_workers must be >= 1"),
+    ],
+)
+def test_device_settings_refused(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ServeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_serve_on_cuda_without_cuda_fails_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """`vidtag serve --device cuda` where torch sees no GPU (or there is no torch) exits 2
+    at start with one error line that says so, before binding or loading anything."""
+    from vidtag.cli import main
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with caplog.at_level("ERROR"):
+        code = main(["serve", "--device", "cuda", "--port", "0", "--metrics-port", "-1"])
+    assert code == 2
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert "cannot serve on --device cuda" in line and "sees no CUDA device" in line
+    assert "\n" not in line

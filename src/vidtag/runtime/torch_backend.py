@@ -8,6 +8,7 @@ buffer plus a graph replay; elsewhere the same padded batch runs eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,7 +98,7 @@ class TorchBackend:
     def warmup(self) -> None:
         """Run every bucket once (cuDNN autotuning, lazy initialisation), then, with CUDA
         graphs, capture one graph per bucket. Idempotent."""
-        with self._lock, torch.inference_mode():
+        with self._lock, self._on_device(), torch.inference_mode():
             if not self.cuda_graphs:
                 for b in reversed(self.buckets):
                     self.module(self._static[:b])
@@ -114,10 +115,17 @@ class TorchBackend:
             pool = torch.cuda.graph_pool_handle()
             for b in reversed(self.buckets):  # largest first: the smaller reuse its memory
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                # thread_local: other threads may use the GPU meanwhile (a model version loaded
+                # while the server decodes and infers with others).
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     out = self.module(self._static[:b])
                 self._graphs[b] = (graph, out)
             torch.cuda.synchronize(self.device)
+
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """The backend's CUDA device current (graph capture and replay use the current one)."""
+        cuda = self.device.type == "cuda"
+        return torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
 
     def bucket(self, n: int) -> int:
         """The smallest bucket holding `n` rows (`n` at most the largest bucket)."""
@@ -141,7 +149,7 @@ class TorchBackend:
     def _run(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         n = x.shape[0]
         b = self.bucket(n)
-        with self._lock, torch.inference_mode():
+        with self._lock, self._on_device(), torch.inference_mode():
             static = self._static[:b]
             static[:n].copy_(x)  # casts, moves to the device, changes memory format
             if n < b:

@@ -20,7 +20,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vidtag.decode.limits import DecodeLimits
-from vidtag.errors import ModelError
+from vidtag.errors import BackendUnavailable, ModelError
+from vidtag.runtime.device import cuda_index, nvdec_available
 from vidtag.runtime.repository import (
     default_repository,
     list_model_names,
@@ -31,9 +32,15 @@ from vidtag.server.auth import TokenAuthInterceptor, read_tokens
 from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
 from vidtag.server.decode_pool import DecodePool, DecodePoolConfig
+from vidtag.server.gpu_decode import HybridStage, NvdecStage, Route
 from vidtag.server.metrics import Metrics
 from vidtag.server.paths import PathInputs
-from vidtag.server.pipeline import ServedModel, pool_decode_stage, thread_decode_stage
+from vidtag.server.pipeline import (
+    DecodeStage,
+    ServedModel,
+    pool_decode_stage,
+    thread_decode_stage,
+)
 from vidtag.server.servicer import SERVICE_NAME, ModelSet, VideoTaggerServicer
 from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
@@ -50,6 +57,20 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def _limits(config: ServeConfig) -> DecodeLimits:
     # A video the transport accepted must not then fail the decoder's own size check.
     return DecodeLimits(max_bytes=max(config.max_receive_bytes, config.max_stream_bytes))
+
+
+def resolve_decode_backend(config: ServeConfig) -> str:
+    """config.decode_backend with "auto" decided: nvdec on a cuda device when PyNvVideoCodec
+    imports, else pyav. BackendUnavailable when nvdec or hybrid is asked for and cannot run."""
+    wanted = config.decode_backend
+    if wanted == "auto":
+        return "nvdec" if config.device != "cpu" and nvdec_available() else "pyav"
+    if wanted in ("nvdec", "hybrid") and not nvdec_available():
+        raise BackendUnavailable(
+            f"decode backend {wanted!r} needs PyNvVideoCodec and an NVIDIA driver with NVDEC "
+            "(pip install 'vidtag[nvdec]')"
+        )
+    return wanted
 
 
 def _dir_stamp(path: Path) -> float:
@@ -76,18 +97,41 @@ class VidtagServer:
         self.inference_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="vidtag-inference"
         )
+        self.decode_backend = resolve_decode_backend(config)
         self.decode_pool: DecodePool | None = None
-        if config.decode_processes:
-            self.decode_pool = DecodePool(
-                DecodePoolConfig(
-                    workers=config.workers,
-                    max_pending=config.decode_queue_size,
-                    task_timeout_s=2 * _limits(config).max_decode_s,
+        self.nvdec: NvdecStage | None = None
+        stage: DecodeStage | None = None
+        if self.decode_backend != "nvdec":  # pyav, or hybrid's CPU side
+            if config.decode_processes:
+                self.decode_pool = DecodePool(
+                    DecodePoolConfig(
+                        workers=config.workers,
+                        max_pending=config.decode_queue_size,
+                        task_timeout_s=2 * _limits(config).max_decode_s,
+                    )
                 )
+                stage = pool_decode_stage(self.decode_pool, _limits(config))
+            else:
+                stage = thread_decode_stage(self.executor)
+        if self.decode_backend in ("nvdec", "hybrid"):
+            from vidtag.decode.nvdec_backend import NvdecDecoderPool
+
+            self.nvdec = NvdecStage(
+                NvdecDecoderPool(gpu_id=cuda_index(config.device)),
+                _limits(config),
+                config.nvdec_workers,
+                config.decode_queue_size,
             )
-            stage = pool_decode_stage(self.decode_pool, _limits(config))
-        else:
-            stage = thread_decode_stage(self.executor)
+            if stage is None:
+                stage = self.nvdec
+            else:
+                stage = HybridStage(
+                    [
+                        Route("nvdec", self.nvdec, config.nvdec_workers),
+                        Route("cpu", stage, config.workers),
+                    ]
+                )
+        assert stage is not None
         self.servicer = VideoTaggerServicer(
             self.models,
             stage,
@@ -96,8 +140,12 @@ class VidtagServer:
             paths=PathInputs(config.allowed_path_roots, _limits(config).max_bytes),
         )
         pool = self.decode_pool
+        nvdec = self.nvdec
         self.metrics.queue_depth.labels("decode").set_function(
-            lambda: float(pool.pending if pool is not None else 0)
+            lambda: float(
+                (pool.pending if pool is not None else 0)
+                + (nvdec.pending if nvdec is not None else 0)
+            )
         )
         self.metrics.worker_restarts.set_function(
             lambda: float(pool.restarts if pool is not None else 0)
@@ -162,6 +210,10 @@ class VidtagServer:
         loop = asyncio.get_running_loop()
         if self.decode_pool is not None:
             await self.decode_pool.start()
+        if self.nvdec is not None:
+            from vidtag.runtime.tagger import _warmup_clip
+
+            await loop.run_in_executor(self.executor, self.nvdec.warm, _warmup_clip())
         cfg = self.config
         model_dir = resolve_model(self._repository(), cfg.model_name, cfg.model_version)
         model = await loop.run_in_executor(self.executor, self._load_dir, model_dir)
@@ -223,8 +275,8 @@ class VidtagServer:
         )
         pool = self.decode_pool
         busy = (lambda: pool.busy > 0 or pool.pending > 0) if pool is not None else None
-        if cfg.inference_threads is not None:
-            busy = None  # an explicit thread count is used as given
+        if cfg.inference_threads is not None or cfg.resolved_runtime != "onnx":
+            busy = None  # an explicit thread count is used as given; onnx alone has sessions
         return ServedModel(tagger, batching, self.inference_executor, self.metrics, busy)
 
     def _load_dir(self, model_dir: Path) -> ServedModel:
@@ -235,9 +287,11 @@ class VidtagServer:
             limits=_limits(self.config),
             threads=self.config.inference_threads,
             sampling={"threads": self.config.resolved_decode_threads},
+            runtime=self.config.runtime_options(),
         )
         model = self._serve_model(tagger)
-        model.warmup(decode=self.decode_pool is None)  # pool workers warm their own decoders
+        # Pool workers and NVDEC threads warm their own decoders.
+        model.warmup(decode=self.decode_pool is None and self.decode_backend == "pyav")
         return model
 
     async def _watch(self) -> None:
@@ -268,6 +322,8 @@ class VidtagServer:
             await model.batcher.stop(drain=False)
         if self.decode_pool is not None:
             await self.decode_pool.stop()
+        if self.nvdec is not None:
+            self.nvdec.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.inference_executor.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()

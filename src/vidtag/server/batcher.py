@@ -15,8 +15,12 @@ Scheduling (names and rules follow Triton's `dynamic_batching` block):
   RESOURCE_EXHAUSTED at once. A request whose deadline has passed is dropped from the queue
   with DEADLINE_EXCEEDED before it takes a batch slot. A cancelled `submit` leaves the queue, or
   its row's result is discarded if its batch is already running.
-- Every request gets exactly one response. Inputs are checked at `submit` (shape and dtype must
-  match `input_shape`/`input_dtype`, or else the first request's), so a batch always stacks. If
+- Every request gets exactly one response. Inputs are numpy arrays or torch tensors (on any
+  device: the GPU path hands in tensors NVDEC decoded); they are checked at `submit` (shape and
+  dtype must match `input_shape`/`input_dtype`, or else the first request's), so a batch always
+  stacks: numpy rows with `np.stack`, and a batch holding any tensor with `torch.stack` on the
+  first tensor's device (numpy rows copied there). torch is never imported here: a tensor can
+  only exist once its program has imported torch. If
   the batched call raises, each request of that batch is retried alone and only those that fail
   again get the exception, as raised (the server's error table maps it).
 - `stop(drain=True)` refuses new requests with UNAVAILABLE and finishes the queued ones, without
@@ -30,11 +34,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
 import numpy as np
@@ -44,7 +49,8 @@ from vidtag.server.errors import RpcFailure
 log = logging.getLogger(__name__)
 
 Outputs = tuple[np.ndarray, ...]
-InferFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+Input = Any  # one request's input: a numpy array or a torch tensor
+InferFn = Callable[[Input], Sequence[np.ndarray]]
 
 # `BatchObserver.on_reject` reasons (label values for a metric).
 REJECT_QUEUE_FULL: Final = "queue_full"
@@ -118,15 +124,41 @@ class NullObserver:
 
 @dataclass(eq=False)  # identity equality: deque.remove must not compare arrays
 class _Request:
-    x: np.ndarray
+    x: Input
     deadline: float | None
     future: asyncio.Future[Outputs]
     enqueued: float = field(default_factory=time.monotonic)
 
 
-def _infer_rows(infer: InferFn, rows: list[np.ndarray]) -> tuple[Outputs, float]:
+def _tensor_type() -> Any:
+    """torch.Tensor if this process has imported torch, else None (then no input is one)."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "Tensor", None)
+
+
+def _signature(x: Input) -> tuple[tuple[int, ...], str] | None:
+    """(shape, dtype name) of a numpy array or torch tensor; None for anything else."""
+    if isinstance(x, np.ndarray):
+        return x.shape, x.dtype.name
+    tensor = _tensor_type()
+    if tensor is not None and isinstance(x, tensor):
+        return tuple(x.shape), str(x.dtype).removeprefix("torch.")
+    return None
+
+
+def _stack(rows: list[Input]) -> Input:
+    """One batch of the rows: numpy if all are, else a tensor on the first tensor's device."""
+    tensor = _tensor_type()
+    first = next((r for r in rows if tensor is not None and isinstance(r, tensor)), None)
+    if first is None:
+        return np.stack(rows)
+    torch = sys.modules["torch"]
+    return torch.stack([torch.as_tensor(r, device=first.device) for r in rows])
+
+
+def _infer_rows(infer: InferFn, rows: list[Input]) -> tuple[Outputs, float]:
     """Worker-thread side: stack, run, check that every output has one row per input."""
-    batch = np.stack(rows)
+    batch = _stack(rows)
     start = time.perf_counter()
     outputs = tuple(np.asarray(o) for o in infer(batch))
     seconds = time.perf_counter() - start
@@ -164,7 +196,8 @@ class DynamicBatcher:
         self._accepting = False
         self._in_flight = 0
         self._shape = config.input_shape
-        self._dtype = None if config.input_dtype is None else np.dtype(config.input_dtype)
+        # dtype by name: numpy's, or torch's without its "torch." prefix ("float32" for both)
+        self._dtype = None if config.input_dtype is None else np.dtype(config.input_dtype).name
 
     @property
     def config(self) -> BatcherConfig:
@@ -196,7 +229,7 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
 
-    async def submit(self, x: np.ndarray, deadline: float | None = None) -> Outputs:
+    async def submit(self, x: Input, deadline: float | None = None) -> Outputs:
         """Run one request (no batch dimension) and return its row of each output.
 
         `deadline` is on the `time.monotonic()` clock. Raises `RpcFailure` when the request is
@@ -235,30 +268,33 @@ class DynamicBatcher:
         self._notify(self._observer.on_reject, reason)
         raise RpcFailure(code, self._msg(text))
 
-    def _check_input(self, x: np.ndarray) -> None:
-        if not isinstance(x, np.ndarray):
+    def _check_input(self, x: Input) -> None:
+        sig = _signature(x)
+        if sig is None:
             self._reject(
                 REJECT_INVALID_INPUT,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input must be a numpy array, got {type(x).__name__}",
+                f"input must be a numpy array or torch tensor, got {type(x).__name__}",
             )
-        if self._shape is not None and x.shape != self._shape:
+            return
+        shape, dtype = sig
+        if self._shape is not None and shape != self._shape:
             self._reject(
                 REJECT_INVALID_INPUT,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input shape {x.shape} does not match the model's {self._shape}",
+                f"input shape {shape} does not match the model's {self._shape}",
             )
-        if self._dtype is not None and x.dtype != self._dtype:
+        if self._dtype is not None and dtype != self._dtype:
             self._reject(
                 REJECT_INVALID_INPUT,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input dtype {x.dtype} does not match the model's {self._dtype}",
+                f"input dtype {dtype} does not match the model's {self._dtype}",
             )
         # The first accepted request fixes whatever the config left open.
         if self._shape is None:
-            self._shape = x.shape
+            self._shape = shape
         if self._dtype is None:
-            self._dtype = x.dtype
+            self._dtype = dtype
 
     # -- scheduler ----------------------------------------------------------------------------
 
@@ -361,7 +397,7 @@ class DynamicBatcher:
             else:
                 _settle(req, result=tuple(out[0].copy() for out in outputs))
 
-    async def _call(self, rows: list[np.ndarray]) -> Outputs:
+    async def _call(self, rows: list[Input]) -> Outputs:
         loop = asyncio.get_running_loop()
         outputs, seconds = await loop.run_in_executor(
             self._executor, _infer_rows, self._infer, rows

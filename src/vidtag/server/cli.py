@@ -207,6 +207,54 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "URLs are never fetched (default: none, path inputs are refused)",
     )
     parser.add_argument(
+        "--device",
+        default=_D.device,
+        metavar="DEV",
+        help="where the network runs: cpu, cuda or cuda:N; a cuda device this machine lacks "
+        "fails at start (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["onnx", "torch"],
+        default=_D.runtime,
+        help="inference runtime: onnx (ONNX Runtime, CPU only) or torch (PyTorch, CPU or "
+        "CUDA, the artifact's ONNX graph run by vidtag's own interpreter) "
+        "(default: onnx on cpu, torch on cuda)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16"],
+        default=_D.precision,
+        help="torch runtime precision; weights are cast once at load; fp16 needs cuda "
+        "(default: fp16 on cuda, fp32 on cpu)",
+    )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_const",
+        const=False,
+        default=_D.cuda_graphs,
+        help="torch runtime on cuda: run eagerly instead of replaying one CUDA graph per "
+        "batch-size bucket (default: graphs on)",
+    )
+    parser.add_argument(
+        "--decode-backend",
+        choices=["pyav", "nvdec", "hybrid", "auto"],
+        default=_D.decode_backend,
+        help="pyav: CPU decode (worker processes); nvdec: GPU decode in threads of the server, "
+        "frames stay in GPU memory and are normalised there; hybrid: both, each request to the "
+        "one with fewer in flight per decoder; auto: nvdec on cuda when PyNvVideoCodec "
+        "imports, else pyav (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nvdec-workers",
+        type=int,
+        default=_D.nvdec_workers,
+        metavar="N",
+        help="threads decoding with NVDEC at once, each with its own decoder sessions "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -245,6 +293,12 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "tls_key_file": ("tls_key_file", None),
     "tls_client_ca_file": ("tls_client_ca_file", None),
     "allow_path_root": ("allowed_path_roots", tuple),
+    "device": ("device", None),
+    "runtime": ("runtime", None),
+    "precision": ("precision", None),
+    "cuda_graphs": ("cuda_graphs", None),
+    "decode_backend": ("decode_backend", None),
+    "nvdec_workers": ("nvdec_workers", None),
 }
 
 
@@ -288,12 +342,22 @@ def run_serve(args: argparse.Namespace) -> int:
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    from vidtag.errors import ModelError
+    from vidtag.errors import BackendUnavailable, ModelError
+    from vidtag.runtime.device import require_device
+
+    try:
+        require_device(config.device)
+    except BackendUnavailable as exc:
+        logging.getLogger(__name__).error("cannot serve on --device %s: %s", config.device, exc)
+        return 2
     from vidtag.server.app import serve
 
     try:
         serve(config)
     except ModelError as exc:
         logging.getLogger(__name__).error("cannot load model: %s", exc)
+        return 1
+    except BackendUnavailable as exc:
+        logging.getLogger(__name__).error("cannot serve: %s", exc)
         return 1
     return 0

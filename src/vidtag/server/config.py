@@ -7,7 +7,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidtag.runtime.backends import (
+    RuntimeOptions,
+    check_runtime,
+    default_precision,
+    default_runtime,
+)
+from vidtag.runtime.device import check_device_name, is_cuda
+
 MiB = 1024 * 1024
+DECODE_BACKENDS = ("pyav", "nvdec", "hybrid", "auto")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,38 @@ class ServeConfig:
     # Directories whose files a request may name by server-side path (TagVideoRequest.path),
     # after resolving `..` and symbolic links; empty: path inputs are refused.
     allowed_path_roots: tuple[Path, ...] = ()
+    # Where the network runs: "cpu", "cuda" or "cuda:N".
+    device: str = "cpu"
+    # "onnx" (ONNX Runtime, CPU only) or "torch" (PyTorch); None: onnx on cpu, torch on cuda.
+    runtime: str | None = None
+    # Torch runtime: "fp32", "fp16" (CUDA only) or "bf16"; None: fp16 on cuda, fp32 on cpu.
+    precision: str | None = None
+    # Torch runtime on CUDA: one CUDA graph per batch-size bucket, captured at warm-up.
+    cuda_graphs: bool = True
+    # "pyav" (CPU decode), "nvdec" (GPU decode in threads of this process, frames stay in
+    # the device's memory), "hybrid" (both take requests) or "auto" (nvdec on cuda when
+    # PyNvVideoCodec imports, else pyav). nvdec and hybrid need a cuda device.
+    decode_backend: str = "auto"
+    # Threads decoding with NVDEC at once (each keeps its own decoder sessions).
+    nvdec_workers: int = 4
+
+    @property
+    def resolved_runtime(self) -> str:
+        return self.runtime or default_runtime(self.device)
+
+    @property
+    def resolved_precision(self) -> str:
+        return self.precision or default_precision(self.device)
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How each model's network runs."""
+        return RuntimeOptions(
+            runtime=self.resolved_runtime,
+            device=self.device,
+            precision=self.resolved_precision,
+            cuda_graphs=self.cuda_graphs,
+            max_batch_size=self.max_batch_size,
+        )
 
     @property
     def resolved_decode_threads(self) -> int:
@@ -86,6 +127,7 @@ class ServeConfig:
             "max_batch_size",
             "max_queue_size",
             "decode_queue_size",
+            "nvdec_workers",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -110,6 +152,21 @@ class ServeConfig:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ValueError(f"unknown log level {self.log_level!r}")
+        self._check_device()
+
+    def _check_device(self) -> None:
+        check_device_name(self.device)
+        check_runtime(self.resolved_runtime, self.device, self.resolved_precision)
+        if self.decode_backend not in DECODE_BACKENDS:
+            raise ValueError(
+                f"decode_backend must be one of {list(DECODE_BACKENDS)}, "
+                f"got {self.decode_backend!r}"
+            )
+        if self.decode_backend in ("nvdec", "hybrid") and not is_cuda(self.device):
+            raise ValueError(
+                f"decode_backend {self.decode_backend!r} decodes into GPU memory for the "
+                f"network: it needs device 'cuda' or 'cuda:N', got {self.device!r}"
+            )
 
     @property
     def address(self) -> str:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -27,7 +27,8 @@ from vidtag.server.decode_pool import DecodePool
 from vidtag.server.errors import RpcFailure
 from vidtag.server.metrics import Metrics
 
-Decoded = tuple[DecodedClip, np.ndarray, float]  # clip, preprocessed (3,T,H,W), decode seconds
+# clip, preprocessed (3,T,H,W) float32 (numpy, or a torch tensor on the GPU path), decode seconds
+Decoded = tuple[DecodedClip, Any, float]
 T = TypeVar("T")
 DecodeStage = Callable[[bytes, "ServedModel", float | None], Awaitable[Decoded]]
 
@@ -85,7 +86,7 @@ class ServedModel:
             observer=_MetricsObserver(metrics),
         )
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _infer(self, batch: Any) -> tuple[np.ndarray, ...]:
         t0 = time.perf_counter()
         narrow = self._narrow if self._busy is not None and self._busy() else None
         scores, emb = self.tagger.infer(batch, narrow)

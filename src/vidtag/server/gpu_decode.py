@@ -1,0 +1,146 @@
+"""GPU decode stage (NVDEC in threads of the server process) and the hybrid CPU + GPU router.
+
+NVDEC sessions and CUDA contexts cannot cross processes, so the GPU stage decodes in a thread
+pool here, with `NvdecDecoderPool` keeping one reconfigurable session per thread. Frames stay
+in the device's memory and are normalised there (`preprocess_tensor`, the same definition as
+the CPU path); the batcher stacks the tensors and the torch runtime takes them as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from vidtag.decode.limits import DecodeLimits
+from vidtag.decode.result import DecodedClip
+from vidtag.decode.spec import SamplingSpec
+from vidtag.runtime.preprocess import preprocess_tensor
+from vidtag.server.errors import RpcFailure
+from vidtag.server.pipeline import Decoded, DecodeStage, before_deadline
+
+if TYPE_CHECKING:
+    from vidtag.decode.nvdec_backend import NvdecDecoderPool
+    from vidtag.server.pipeline import ServedModel
+
+
+def metadata_only(clip: DecodedClip) -> DecodedClip:
+    """`clip` without its frames (a (0, H, W, 3) placeholder), so the response path does not
+    keep device memory alive."""
+    meta = {f.name: getattr(clip, f.name) for f in fields(DecodedClip) if f.name != "frames"}
+    return DecodedClip(frames=np.empty((0, 0, 0, 3), np.uint8), **meta)
+
+
+def decode_on_device(
+    video: bytes, model: ServedModel, pool: NvdecDecoderPool, limits: DecodeLimits
+) -> Decoded:
+    """Decode with NVDEC and preprocess on the device, in the calling thread."""
+    from vidtag.decode.nvdec_backend import sample_nvdec_cuda
+
+    t0 = time.perf_counter()
+    clip = sample_nvdec_cuda(video, model.tagger.spec, limits, pool=pool, dtype="float32")
+    x = preprocess_tensor(clip.frames, model.meta.input)
+    return metadata_only(clip), x, time.perf_counter() - t0
+
+
+class NvdecStage:
+    """The decode stage on NVDEC: `workers` threads, each request decoded by one of them.
+
+    Beyond `workers` running and `max_pending` waiting, a request is refused with
+    RESOURCE_EXHAUSTED, as the CPU decode pool does. Errors are the decoder's own
+    (InvalidVideo, LimitExceeded -> INVALID_ARGUMENT; BackendUnavailable)."""
+
+    def __init__(
+        self, pool: NvdecDecoderPool, limits: DecodeLimits, workers: int, max_pending: int
+    ) -> None:
+        self.pool = pool
+        self.limits = limits
+        self.workers = workers
+        self.max_pending = max_pending
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="vidtag-nvdec")
+        self.in_flight = 0  # submitted and not finished (running or waiting for a thread)
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a free NVDEC thread."""
+        return max(0, self.in_flight - self.workers)
+
+    async def __call__(self, video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+        if self.in_flight >= self.workers + self.max_pending:
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all {self.workers} NVDEC decoders are busy and {self.pending} requests are "
+                "waiting; try again later",
+            )
+        loop = asyncio.get_running_loop()
+        work = functools.partial(decode_on_device, video, model, self.pool, self.limits)
+        job: Future[Decoded] = self.executor.submit(before_deadline, deadline, work)
+        self.in_flight += 1
+        # Counted until the thread is done with it, even when the caller stops waiting.
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
+        return await asyncio.wrap_future(job)
+
+    def _finished(self) -> None:
+        self.in_flight -= 1
+
+    def warm(self, video: bytes, timeout_s: float = 60.0) -> None:
+        """Decode `video` once in every thread at the same time (so each creates its NVDEC
+        session now, not on its first request); raises what a decode raised."""
+        from vidtag.decode.nvdec_backend import sample_nvdec_cuda
+
+        barrier = threading.Barrier(self.workers)
+        spec = SamplingSpec(frames=2, height=16, width=16)
+
+        def one() -> None:
+            barrier.wait(timeout_s)
+            sample_nvdec_cuda(video, spec, self.limits, pool=self.pool)
+
+        for job in [self.executor.submit(one) for _ in range(self.workers)]:
+            job.result(timeout_s)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Route:
+    """One decode stage the router may pick, with how many requests it runs at once."""
+
+    name: str
+    stage: DecodeStage
+    capacity: int
+    in_flight: int = 0
+    routed: int = 0  # requests sent here so far
+
+
+class HybridStage:
+    """Sends each request to the route that is least loaded relative to its capacity once it
+    takes the request ((in flight + 1) / capacity; ties go to the route listed first)."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        if not routes or any(r.capacity < 1 for r in routes):
+            raise ValueError("hybrid decoding needs routes with a capacity >= 1")
+        self.routes = tuple(routes)
+
+    def pick(self) -> Route:
+        return min(self.routes, key=lambda r: (r.in_flight + 1) / r.capacity)
+
+    async def __call__(self, video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+        route = self.pick()
+        route.in_flight += 1
+        route.routed += 1
+        try:
+            return await route.stage(video, model, deadline)
+        finally:
+            route.in_flight -= 1
+
+    def counts(self) -> dict[str, int]:
+        return {r.name: r.routed for r in self.routes}

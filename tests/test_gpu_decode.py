@@ -1,0 +1,209 @@
+"""The GPU decode stage and the hybrid router, with `nvdec_fake` standing in for PyNvVideoCodec
+and torch on the CPU standing in for the GPU: the same code paths, device "cpu"."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from nvdec_fake import FakeNvc
+
+from vidtag.decode import DecodeLimits
+from vidtag.decode.nvdec_backend import NvdecDecoderPool, sample_nvdec_cuda
+from vidtag.errors import InvalidVideo, LimitExceeded
+from vidtag.runtime.backends import RuntimeOptions
+from vidtag.runtime.preprocess import preprocess
+from vidtag.runtime.tagger import Tagger
+from vidtag.server import gpu_decode
+from vidtag.server.batcher import BatcherConfig
+from vidtag.server.errors import RpcFailure, status_for
+from vidtag.server.gpu_decode import HybridStage, NvdecStage, Route
+from vidtag.server.metrics import Metrics
+from vidtag.server.pipeline import Decoded, ServedModel, thread_decode_stage
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tagger(model_repo: Path) -> Tagger:
+    return Tagger(
+        model_repo / "tiny" / "1", runtime=RuntimeOptions(runtime="torch", max_batch_size=4)
+    )
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    ex = ThreadPoolExecutor(2)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+def _served(tagger: Tagger, executor: ThreadPoolExecutor) -> ServedModel:
+    """A fresh ServedModel (its batcher binds to the event loop of the test that starts it)."""
+    return ServedModel(tagger, BatcherConfig(max_batch_size=4), executor, Metrics())
+
+
+def _fake_pool() -> tuple[FakeNvc, NvdecDecoderPool]:
+    fake = FakeNvc()
+    return fake, NvdecDecoderPool(module=fake, device="cpu")
+
+
+def test_nvdec_stage_leaves_normalised_frames_on_the_device(
+    tagger: Tagger, executor: ThreadPoolExecutor, clip_bytes: bytes
+) -> None:
+    _, pool = _fake_pool()
+    stage = NvdecStage(pool, DecodeLimits(), workers=2, max_pending=4)
+    model = _served(tagger, executor)
+    clip, x, seconds = asyncio.run(stage(clip_bytes, model, None))
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
+    assert tuple(x.shape) == (3, 8, 160, 96) and seconds > 0
+    assert clip.frames.shape[0] == 0  # metadata only: no frames kept alive
+    ref = tagger.decode(clip_bytes)  # PyAV on the CPU
+    assert (clip.width, clip.height, clip.timestamps) == (ref.width, ref.height, ref.timestamps)
+    # Normalised on the device exactly as the host normalises the same decode's uint8 frames
+    # (the device keeps unrounded values: at most half a grey level apart).
+    host = sample_nvdec_cuda(clip_bytes, tagger.spec, DecodeLimits(), pool=pool).to_host()
+    want = preprocess(host.frames, tagger.meta.input)
+    assert np.abs(x.numpy() - want).max() <= 0.5 / 255 / min(tagger.meta.input.std) + 1e-4
+    assert stage.in_flight == 0
+    stage.shutdown()
+
+
+def test_router_fills_routes_in_proportion_to_capacity() -> None:
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    def blocking(name: str) -> Any:
+        async def stage(video: bytes, model: Any, deadline: float | None) -> Decoded:
+            seen.append(name)
+            await release.wait()
+            return None, name, 0.0  # type: ignore[return-value]
+
+        return stage
+
+    async def main() -> None:
+        router = HybridStage(
+            [Route("nvdec", blocking("nvdec"), 2), Route("cpu", blocking("cpu"), 1)]
+        )
+        jobs = [asyncio.create_task(router(b"", None, None)) for _ in range(6)]  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        # (in flight + 1) / capacity, ties to the first route: n n c n n c
+        assert seen == ["nvdec", "nvdec", "cpu", "nvdec", "nvdec", "cpu"]
+        assert [r.in_flight for r in router.routes] == [4, 2]
+        release.set()
+        assert [x for _, x, _ in await asyncio.gather(*jobs)] == seen
+        assert [r.in_flight for r in router.routes] == [0, 0]
+        await router(b"", None, None)  # type: ignore[arg-type]
+        assert router.counts() == {"nvdec": 5, "cpu": 2}  # idle: the first route
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="capacity"):
+        HybridStage([Route("cpu", blocking("cpu"), 0)])
+
+
+def test_hybrid_requests_are_tagged_through_both_decoders_and_one_batcher(
+    tagger: Tagger, executor: ThreadPoolExecutor, clip_bytes: bytes
+) -> None:
+    fake, pool = _fake_pool()
+    nvdec = NvdecStage(pool, DecodeLimits(), workers=1, max_pending=8)
+    cpu_threads = ThreadPoolExecutor(1)
+    router = HybridStage(
+        [Route("nvdec", nvdec, 1), Route("cpu", thread_decode_stage(cpu_threads), 1)]
+    )
+    model = _served(tagger, executor)
+
+    async def one() -> tuple[Any, np.ndarray]:
+        _, x, _ = await router(clip_bytes, model, None)
+        scores, *_ = await model.batcher.submit(x)
+        return x, scores
+
+    async def main() -> list[tuple[Any, np.ndarray]]:
+        await model.batcher.start()
+        try:
+            return await asyncio.gather(*(one() for _ in range(6)))
+        finally:
+            await model.batcher.stop()
+
+    results = asyncio.run(main())
+    counts = router.counts()
+    assert counts["nvdec"] >= 2 and counts["cpu"] >= 2 and sum(counts.values()) == 6
+    gpu = [s for x, s in results if isinstance(x, torch.Tensor)]
+    cpu = [s for x, s in results if isinstance(x, np.ndarray)]
+    assert len(gpu) == counts["nvdec"] and len(cpu) == counts["cpu"]
+    assert len(fake.decoders) == 1  # one NVDEC thread, one session, reused
+    # The same clip scores alike whichever decoder took it (NV12 vs swscale rounding apart;
+    # measured 1e-4 against a 0.05 spread of this untrained model's scores).
+    assert np.abs(np.mean(gpu, axis=0) - np.mean(cpu, axis=0)).max() < 0.003
+    nvdec.shutdown()
+    cpu_threads.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("video", "limits", "error"),
+    [
+        (b"\x00not a video" * 100, DecodeLimits(), InvalidVideo),
+        (None, DecodeLimits(max_bytes=1000), LimitExceeded),
+    ],
+    ids=["garbage", "too-big"],
+)
+def test_nvdec_stage_errors_are_the_cpu_paths(
+    tagger: Tagger,
+    executor: ThreadPoolExecutor,
+    clip_bytes: bytes,
+    video: bytes | None,
+    limits: DecodeLimits,
+    error: type[Exception],
+) -> None:
+    _, pool = _fake_pool()
+    stage = NvdecStage(pool, limits, workers=1, max_pending=1)
+    with pytest.raises(error) as exc_info:
+        asyncio.run(stage(video or clip_bytes, _served(tagger, executor), None))
+    assert status_for(exc_info.value)[0] is grpc.StatusCode.INVALID_ARGUMENT
+    assert stage.in_flight == 0
+    stage.shutdown()
+
+
+def test_nvdec_stage_sheds_beyond_its_queue(
+    tagger: Tagger, executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+
+    def slow(video: bytes, model: Any, pool: Any, limits: Any) -> Decoded:
+        gate.wait(10)
+        return None, video, 0.0  # type: ignore[return-value]
+
+    monkeypatch.setattr(gpu_decode, "decode_on_device", slow)
+    _, pool = _fake_pool()
+    stage = NvdecStage(pool, DecodeLimits(), workers=1, max_pending=1)
+    model = _served(tagger, executor)
+
+    async def main() -> None:
+        running = asyncio.create_task(stage(b"a", model, None))
+        queued = asyncio.create_task(stage(b"b", model, None))
+        await asyncio.sleep(0.05)
+        assert (stage.in_flight, stage.pending) == (2, 1)
+        with pytest.raises(RpcFailure) as exc_info:
+            await stage(b"c", model, None)
+        assert exc_info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.set()
+        assert [r[1] for r in await asyncio.gather(running, queued)] == [b"a", b"b"]
+        await asyncio.sleep(0.01)  # the done-callbacks run on the loop
+        assert stage.in_flight == 0
+
+    asyncio.run(main())
+    stage.shutdown()
+
+
+def test_warm_up_opens_one_session_per_nvdec_thread(clip_bytes: bytes) -> None:
+    fake, pool = _fake_pool()
+    stage = NvdecStage(pool, DecodeLimits(), workers=3, max_pending=0)
+    stage.warm(clip_bytes)
+    assert len(fake.decoders) == pool.created == 3
+    stage.shutdown()
