@@ -152,3 +152,40 @@ def test_tiny_artifact_runs_with_its_metadata_shape(model_repo: Path) -> None:
     got = TorchBackend(path, buckets=(4,), input_shape=SHAPE)(x)
     for a, b in zip(want, got, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+# ------------------------------------------------- on a CUDA device (skipped without one)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_graph_replay_matches_eager_and_fp32(
+    batch: np.ndarray, unpadded: tuple[np.ndarray, np.ndarray], precision: str
+) -> None:
+    graphs = TorchBackend(STB1, device="cuda", precision=precision, buckets=(1, 2, 4))
+    eager = TorchBackend(
+        STB1, device="cuda", precision=precision, buckets=(1, 2, 4), cuda_graphs=False
+    )
+    assert sorted(graphs._graphs) == [1, 2, 4] and not eager._graphs
+    scale = float(np.abs(unpadded[0]).max())
+    for n in (1, 3, 5):
+        got, want = graphs(batch[:n]), eager(batch[:n])
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-3 * max(1.0, scale))
+        np.testing.assert_allclose(got[0], unpadded[0][:n], atol=0.05 * scale)
+    on_device = graphs(torch.from_numpy(batch[:3]).cuda())
+    np.testing.assert_array_equal(on_device[0], graphs(batch[:3])[0])
+
+
+@cuda
+def test_cuda_memory_stays_flat_across_calls(batch: np.ndarray) -> None:
+    backend = TorchBackend(STB1, device="cuda", precision="fp16", buckets=(1, 2, 4))
+    backend(batch[:4])
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for i in range(200):
+        backend(batch[: 1 + i % 5])
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
