@@ -207,3 +207,20 @@ def test_warm_up_opens_one_session_per_nvdec_thread(clip_bytes: bytes) -> None:
     stage.warm(clip_bytes)
     assert len(fake.decoders) == pool.created == 3
     stage.shutdown()
+
+
+def test_the_server_imports_without_torch() -> None:
+    """The CPU image has no torch: the server, its config and the GPU settings import and
+    validate without it (torch loads only when the torch runtime or NVDEC is built)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import vidtag.server.app, vidtag.server.cli\n"
+        "from vidtag.server.config import ServeConfig\n"
+        "ServeConfig(device='cuda', decode_backend='hybrid').runtime_options()\n"
+        "assert 'torch' not in sys.modules and 'PyNvVideoCodec' not in sys.modules\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": src}, timeout=60)
