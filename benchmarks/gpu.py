@@ -23,7 +23,7 @@ Exit 0 when every bar passes (dry run: when every configuration ran without erro
 one fails, 2 when nothing could run.
 
 `--dry-run` takes the same path on a CPU-only machine in about 2 minutes: CPU device, onnx and
-torch runtimes (when the server has --runtime), 3 s 270x480 clips, 3 s phases, concurrency
+torch runtimes (when the server has --runtime), 3 s 270x480 clips, 2 s phases, concurrency
 1/2/4, 200 clips for memory (process RSS where there is no GPU), R(2+1)D-18 at 4x56x56.
 
     python benchmarks/gpu.py                      # one H100 (scripts/gpu_check.sh)
@@ -49,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -382,6 +383,49 @@ def _num(s: str) -> bool:
     return False
 
 
+class GpuSampler:
+    """Mean and max GPU (SM) and NVDEC utilisation in % over a step, read from nvidia-smi every
+    `every` seconds in a thread; empty without nvidia-smi."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.rows: list[list[float]] = []
+        self.fields: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuSampler:
+        # Older drivers do not know utilization.decoder, and then answer no field at all.
+        for query in ("utilization.gpu,utilization.decoder", "utilization.gpu"):
+            rows = _smi(query, "gpu")
+            if rows and all(_num(v) for v in rows[0]):
+                self.fields = query.split(",")
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+                break
+        return self
+
+    def _run(self) -> None:
+        query = ",".join(self.fields)
+        while not self._stop.wait(self.every):
+            rows = _smi(query, "gpu")
+            if rows and all(_num(v) for v in rows[0]):
+                self.rows.append([float(v) for v in rows[0]])
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        if not self.rows:
+            return {}
+        a = np.asarray(self.rows)
+        names = [f.removeprefix("utilization.") for f in self.fields]
+        out = {f"{n}_mean": float(a[:, i].mean()) for i, n in enumerate(names)}
+        return out | {f"{n}_max": float(a[:, i].max()) for i, n in enumerate(names)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of the server's process tree (/proc/PID/stat)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -463,15 +507,19 @@ class Load:
             reqs = [requests // n + (i < requests % n) for i in range(n)]
         srv0 = cpu_seconds(server_pid) if server_pid else 0.0
         t0 = time.monotonic()
-        if n == 1 or self.pool is None:
-            parts = [_client_part(target, strs, concurrency, seconds, requests, 0.0, self.timeout)]
-        else:
-            start_at = time.time() + 0.3
-            futures = [
-                self.pool.submit(_client_part, target, strs, c, seconds, r, start_at, self.timeout)
-                for c, r in zip(conc, reqs, strict=True)
-            ]
-            parts = [f.result() for f in futures]
+        with GpuSampler() as gpu:
+            if n == 1 or self.pool is None:
+                one = _client_part(target, strs, concurrency, seconds, requests, 0.0, self.timeout)
+                parts = [one]
+            else:
+                start_at = time.time() + 0.3
+                futures = [
+                    self.pool.submit(
+                        _client_part, target, strs, c, seconds, r, start_at, self.timeout
+                    )
+                    for c, r in zip(conc, reqs, strict=True)
+                ]
+                parts = [f.result() for f in futures]
         wall = time.monotonic() - t0
         srv = (cpu_seconds(server_pid) - srv0) / wall if server_pid else None
         merged = Step("closed", float(concurrency))
@@ -484,6 +532,7 @@ class Load:
         summary["client_procs"] = n
         summary["client_cpu"] = max(cpu / s.wall_s if s.wall_s else 0.0 for s, cpu in parts)
         summary["server_cpu_cores"] = srv
+        summary["gpu_utilization_pct"] = gpu.summary()
         return summary
 
 
@@ -538,6 +587,10 @@ class Budget:
 
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
 
 
 def memory_phase(
@@ -737,7 +790,7 @@ def evaluate_bars(
     judged = mems if dry else gpu
     complete = [c for c in judged if c["memory"]["clips"] >= c["memory"]["target_clips"]]
     growths = [c["memory"]["growth"] for c in judged if c["memory"]["growth"] is not None]
-    worst = max(judged, key=lambda c: c["memory"]["growth"] or 0.0, default=None)
+    worst = max(judged, key=lambda c: abs(c["memory"]["growth"] or 0.0), default=None)
     notes = []
     if mems and not judged:
         notes.append("no GPU memory reading")
@@ -769,7 +822,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
     head = (
         f"{'model':<24} {'decoder':<7} {'runtime':<7} {'c':>4} {'reqs':>6} {'err':>4} "
         f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
-        f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'cliCPU':>6}"
+        f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'cliCPU':>6} "
+        f"{'GPU%':>5} {'NVDEC%':>6}"
     )
     rows = [head, "-" * len(head)]
     for c in configs:
@@ -779,14 +833,15 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
             continue
         for k, s in c["steps"].items():
             lat, srv = s["latency_ms"], s["server_ms"]
-            cpu = s["server_cpu_cores"]
+            cpu, gpu = s["server_cpu_cores"], s.get("gpu_utilization_pct", {})
             rows.append(
                 f"{pre} {k:>4} {s['requests']:>6} {s['requests'] - s['ok']:>4} "
                 f"{s['throughput_clips_s']:>8.1f} {_ms(lat['p50']):>7} {_ms(lat['p90']):>7} "
                 f"{_ms(lat['p99']):>7} {_ms(srv.get('decode_ms')):>7} "
                 f"{_ms(srv.get('inference_ms')):>7} {_ms(srv.get('other_ms')):>7} "
                 f"{_ms(srv.get('e2e_minus_total_ms')):>7} {srv.get('batch_size', 0.0):>5.1f} "
-                f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {s['client_cpu']:>6.2f}"
+                f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {s['client_cpu']:>6.2f} "
+                f"{_pct(gpu.get('gpu_mean')):>5} {_pct(gpu.get('decoder_mean')):>6}"
             )
         if not c["steps"]:
             rows.append(f"{pre} (no load steps)")
@@ -794,9 +849,10 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
 
 
 def memory_table(configs: Sequence[dict[str, Any]]) -> str:
+    first = next((c["memory"]["first_clips"] for c in configs if "memory" in c), 0)
     head = (
         f"{'model':<24} {'decoder':<7} {'measure':<18} {'clips':>6} {'before':>9} "
-        f"{'after N0':>9} {'after N':>9} {'growth':>8} {'errors':>6} {'server gpu metrics'}"
+        f"{f'after {first}':>9} {'at end':>9} {'growth':>8} {'errors':>6} server gpu metrics"
     )
     rows = [head, "-" * len(head)]
     for c in configs:
@@ -862,8 +918,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the server has --runtime)",
     )
     p.add_argument("--concurrency", type=_ints, default=None, help="throughput steps (8,64,256)")
-    p.add_argument("--latency-s", type=float, default=None, help="c=1 seconds (8; dry 3)")
-    p.add_argument("--step-s", type=float, default=None, help="s per throughput step (6; dry 3)")
+    p.add_argument("--latency-s", type=float, default=None, help="c=1 seconds (8; dry 2)")
+    p.add_argument("--step-s", type=float, default=None, help="s per throughput step (6; dry 2)")
     p.add_argument("--memory-clips", type=int, default=None, help="clips (10000; dry 200)")
     p.add_argument("--memory-first", type=int, default=100, help="first reading after (100)")
     p.add_argument("--memory-chunk", type=int, default=None, help="clips between readings")
@@ -896,8 +952,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     pick("minutes", 8.0, 2.0)
     pick("device", "cuda", "cpu")
     pick("concurrency", [8, 64, 256], [2, 4])
-    pick("latency_s", 8.0, 3.0)
-    pick("step_s", 6.0, 3.0)
+    pick("latency_s", 8.0, 2.0)
+    pick("step_s", 6.0, 2.0)
     pick("memory_clips", 10_000, 200)
     pick("memory_chunk", 1000, 100)
     pick("memory_s", 75.0, 30.0)
@@ -1087,7 +1143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "(ms; decode/infer/rest = server means, rest = total - decode - inference; "
         "e2e-tot = client latency - server total; batch = mean batch size; MB/s uploaded; "
-        "srvCPU = server cores busy; cliCPU = busiest client process)"
+        "srvCPU = server cores busy; cliCPU = busiest client process; GPU%/NVDEC% = mean "
+        "utilisation from nvidia-smi)"
     )
     if any("memory" in c for c in report["configs"]):
         print("\n" + memory_table(report["configs"]))

@@ -41,8 +41,11 @@ fi
 
 # What this machine offers (also kept as env.txt).
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv \
-    || echo "nvidia-smi: not available"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+  else
+    echo "nvidia-smi: not available"
+  fi
   nproc
   $PY - <<'EOF'
 import importlib
