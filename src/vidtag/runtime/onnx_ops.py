@@ -20,14 +20,14 @@ from torch import Tensor
 from vidtag.registry import Registry
 
 OpFn = Callable[..., Any]
-_REQUIRED = object()
+REQUIRED = object()
 
 
 @dataclass(frozen=True)
 class Attr:
-    """One attribute an op accepts: its default (`_REQUIRED`: none), and which values run."""
+    """One attribute an op accepts: its default (`REQUIRED`: none), and which values run."""
 
-    default: Any = _REQUIRED
+    default: Any = REQUIRED
     ok: Callable[[Any], bool] = lambda v: True
     supported: str = ""  # what `ok` accepts, for the error message
 
@@ -36,8 +36,7 @@ class Attr:
 class OpSpec:
     build: Callable[[dict[str, Any]], OpFn]
     attrs: dict[str, Attr]
-    inputs: tuple[int, int]  # fewest and most inputs
-    outputs: int = 1  # outputs it produces (a node may not ask for more, e.g. pool indices)
+    inputs: tuple[int, int]  # fewest and most inputs (every op has one output)
     check: Callable[[dict[str, Any]], str | None] | None = None  # a reason to refuse, or None
 
 
@@ -53,7 +52,7 @@ def op(
     """Register `name`'s builder, with its input count range and accepted attributes."""
 
     def deco(build: Callable[[dict[str, Any]], OpFn]) -> Callable[[dict[str, Any]], OpFn]:
-        OPS.register(name)(OpSpec(build, attrs or {}, inputs, 1, check))
+        OPS.register(name)(OpSpec(build, attrs or {}, inputs, check))
         return build
 
     return deco
@@ -65,7 +64,9 @@ def _symmetric(pads: Sequence[int]) -> bool:
 
 
 NOTSET = Attr(b"NOTSET", lambda v: v == b"NOTSET", "NOTSET (explicit pads)")
-INTS = Attr(None, lambda v: isinstance(v, tuple))
+INTS = Attr(None, lambda v: isinstance(v, tuple), "a list of ints")
+KERNEL = Attr(REQUIRED, lambda v: isinstance(v, tuple) and len(v) in (1, 2, 3), "1 to 3 ints")
+AXIS = Attr(REQUIRED, lambda v: isinstance(v, int), "an int")
 PADS = Attr(None, lambda v: v is None or _symmetric(v), "equal begin and end pads")
 ZERO = Attr(0, lambda v: v == 0, "0")
 ONE_OR_ZERO = Attr(0, lambda v: v in (0, 1), "0 or 1")
@@ -170,7 +171,7 @@ def _gemm(a: dict[str, Any]) -> OpFn:
         "auto_pad": NOTSET,
         "ceil_mode": ONE_OR_ZERO,
         "dilations": INTS,
-        "kernel_shape": Attr(),
+        "kernel_shape": KERNEL,
         "pads": PADS,
         "storage_order": ZERO,
         "strides": INTS,
@@ -197,7 +198,7 @@ def _max_pool(a: dict[str, Any]) -> OpFn:
         "ceil_mode": Attr(0, lambda v: v == 0, "0"),
         "count_include_pad": ONE_OR_ZERO,
         "dilations": Attr(None, lambda v: v is None or set(v) == {1}, "1"),
-        "kernel_shape": Attr(),
+        "kernel_shape": KERNEL,
         "pads": PADS,
         "strides": INTS,
     },
@@ -256,7 +257,7 @@ def _identity(a: dict[str, Any]) -> OpFn:
 # -- layout and shape arithmetic -------------------------------------------------------------
 
 
-@op("Concat", inputs=(1, 1 << 16), attrs={"axis": Attr()})
+@op("Concat", inputs=(1, 1 << 16), attrs={"axis": AXIS})
 def _concat(a: dict[str, Any]) -> OpFn:
     axis = int(a["axis"])
     return lambda *xs: torch.cat(xs, dim=axis)
@@ -283,7 +284,7 @@ def _shape(a: dict[str, Any]) -> OpFn:
     return lambda x: torch.tensor(tuple(x.shape)[start:end], dtype=torch.int64)
 
 
-@op("Gather", inputs=(2, 2), attrs={"axis": Attr(0)})
+@op("Gather", inputs=(2, 2), attrs={"axis": Attr(0, AXIS.ok, AXIS.supported)})
 def _gather(a: dict[str, Any]) -> OpFn:
     axis = int(a["axis"])
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vidtag.errors import ModelError
-from vidtag.runtime.onnx_ops import _REQUIRED, OPS, OpFn
+from vidtag.runtime.onnx_ops import OPS, REQUIRED, OpFn
 from vidtag.runtime.onnx_proto import attribute_value, load_model, tensor_to_numpy, value_shape
 
 OPSETS = range(13, 18)  # default-domain opsets whose operator forms onnx_ops implements
@@ -30,7 +30,7 @@ OPSETS = range(13, 18)  # default-domain opsets whose operator forms onnx_ops im
 class _Step:
     fn: OpFn
     inputs: tuple[int, ...]  # value slots; -1: an omitted optional input
-    outputs: tuple[int, ...]
+    output: int
     free: tuple[int, ...]  # slots whose last use is this step
 
 
@@ -74,7 +74,7 @@ class OnnxModule(nn.Module):
         if not self.input_names:
             raise ModelError(f"{source}: the graph has no inputs")
         self._inputs = tuple(new_slot(n) for n in self.input_names)
-        pending: list[tuple[OpFn, tuple[int, ...], tuple[int, ...]]] = []
+        pending: list[tuple[OpFn, tuple[int, ...], int]] = []
         for i, node in enumerate(graph.node):
             where = f"{source}: node {node.name or i!r} ({node.op_type})"
             if node.domain not in ("", "ai.onnx"):
@@ -82,7 +82,7 @@ class OnnxModule(nn.Module):
             if node.op_type == "Constant":
                 constant(node.output[0], _constant_value(node, where))
                 continue
-            fn, n_out = _build(node, where)
+            fn = _build(node, where)
             ins = []
             for name in node.input:
                 if name == "":
@@ -91,12 +91,9 @@ class OnnxModule(nn.Module):
                     raise ModelError(f"{where}: input {name!r} is not defined before its use")
                 else:
                     ins.append(slots[name])
-            outs = []
-            for name in node.output[:n_out]:
-                if name in slots:
-                    raise ModelError(f"{where}: value {name!r} is assigned twice")
-                outs.append(new_slot(name))
-            pending.append((fn, tuple(ins), tuple(outs)))
+            if node.output[0] in slots:
+                raise ModelError(f"{where}: value {node.output[0]!r} is assigned twice")
+            pending.append((fn, tuple(ins), new_slot(node.output[0])))
         self.output_names = tuple(v.name for v in graph.output)
         missing = [n for n in self.output_names if n not in slots]
         if missing:
@@ -115,12 +112,7 @@ class OnnxModule(nn.Module):
         for slot, x in zip(self._inputs, inputs, strict=True):
             env[slot] = x
         for step in self._steps:
-            out = step.fn(*(env[i] if i >= 0 else None for i in step.inputs))
-            if len(step.outputs) == 1:
-                env[step.outputs[0]] = out
-            else:
-                for slot, value in zip(step.outputs, out, strict=False):
-                    env[slot] = value
+            env[step.output] = step.fn(*(env[i] if i >= 0 else None for i in step.inputs))
             for slot in step.free:
                 env[slot] = None
         return tuple(env[i] for i in self._outputs)
@@ -156,7 +148,7 @@ def _constant_value(node: Any, where: str) -> np.ndarray:
     return value
 
 
-def _build(node: Any, where: str) -> tuple[OpFn, int]:
+def _build(node: Any, where: str) -> OpFn:
     if node.op_type not in OPS:
         raise ModelError(f"{where}: operator {node.op_type} is not supported")
     spec = OPS.get(node.op_type)
@@ -178,7 +170,7 @@ def _build(node: Any, where: str) -> tuple[OpFn, int]:
         attrs[name] = value
     for name, rule in spec.attrs.items():
         if name not in attrs:
-            if rule.default is _REQUIRED:
+            if rule.default is REQUIRED:
                 raise ModelError(f"{where}: required attribute {name!r} is missing")
             attrs[name] = rule.default
     reason = spec.check(attrs) if spec.check is not None else None
@@ -187,27 +179,34 @@ def _build(node: Any, where: str) -> tuple[OpFn, int]:
     lo, hi = spec.inputs
     if not lo <= len(node.input) <= hi:
         raise ModelError(f"{where}: {len(node.input)} inputs, supported {lo}..{hi}")
-    extra = [o for o in node.output[spec.outputs :] if o]
+    if not node.output or not node.output[0]:
+        raise ModelError(f"{where}: the node has no output")
+    extra = [o for o in node.output[1:] if o]
     if extra:
         raise ModelError(f"{where}: optional outputs {extra} are not supported")
-    return spec.build(attrs), spec.outputs
+    try:
+        return spec.build(attrs)
+    except (TypeError, ValueError, IndexError) as exc:  # attribute values that cannot run
+        raise ModelError(f"{where}: {exc}") from exc
 
 
 def _with_lifetimes(
-    pending: list[tuple[OpFn, tuple[int, ...], tuple[int, ...]]], keep: set[int]
+    pending: list[tuple[OpFn, tuple[int, ...], int]], keep: set[int]
 ) -> tuple[_Step, ...]:
+    """The steps, each told which computed values it is the last to read (graph outputs are
+    kept; constants and inputs are not the forward pass's to drop)."""
     last: dict[int, int] = {}
-    for k, (_, ins, outs) in enumerate(pending):
-        for slot in (*ins, *outs):
+    for k, (_, ins, out) in enumerate(pending):
+        for slot in (*ins, out):
             if slot >= 0:
                 last[slot] = k
-    produced = {slot for _, _, outs in pending for slot in outs}
+    produced = {out for _, _, out in pending}
     free: dict[int, list[int]] = {}
     for slot, k in last.items():
         if slot in produced and slot not in keep:
             free.setdefault(k, []).append(slot)
     return tuple(
-        _Step(fn, ins, outs, tuple(free.get(k, ()))) for k, (fn, ins, outs) in enumerate(pending)
+        _Step(fn, ins, out, tuple(free.get(k, ()))) for k, (fn, ins, out) in enumerate(pending)
     )
 
 
