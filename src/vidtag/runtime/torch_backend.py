@@ -60,8 +60,10 @@ class TorchBackend:
         require_device(device)
         if not buckets or min(buckets) < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {tuple(buckets)}")
-        if precision == "bf16" and is_cuda(device) and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"precision 'bf16' is not supported on {device}")
+        if precision == "bf16" and is_cuda(device):
+            with torch.cuda.device(torch.device(device)):
+                if not torch.cuda.is_bf16_supported():
+                    raise ValueError(f"precision 'bf16' is not supported on {device}")
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -97,7 +99,7 @@ class TorchBackend:
 
     def warmup(self) -> None:
         """Run every bucket once (cuDNN autotuning, lazy initialisation), then, with CUDA
-        graphs, capture one graph per bucket. Idempotent."""
+        graphs, capture one graph per bucket (until then, calls run eagerly). Idempotent."""
         with self._lock, self._on_device(), torch.inference_mode():
             if not self.cuda_graphs:
                 for b in reversed(self.buckets):
@@ -112,8 +114,12 @@ class TorchBackend:
                     for _ in range(2):
                         self.module(self._static[:b])
             torch.cuda.current_stream(self.device).wait_stream(side)
+            # One pool for all buckets, captured largest first so the smaller reuse its memory.
+            # A graph's replay may overwrite what another graph returned; that is safe here
+            # because every call replays one graph and copies its outputs to the host before
+            # the lock lets the next replay start.
             pool = torch.cuda.graph_pool_handle()
-            for b in reversed(self.buckets):  # largest first: the smaller reuse its memory
+            for b in reversed(self.buckets):
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: other threads may use the GPU meanwhile (a model version loaded
                 # while the server decodes and infers with others).

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 def metadata_only(clip: DecodedClip) -> DecodedClip:
-    """`clip` without its frames (a (0, H, W, 3) placeholder), so the response path does not
+    """`clip` without its frames (an empty (0, 0, 0, 3) array), so the response path does not
     keep device memory alive."""
     meta = {f.name: getattr(clip, f.name) for f in fields(DecodedClip) if f.name != "frames"}
     return DecodedClip(frames=np.empty((0, 0, 0, 3), np.uint8), **meta)
