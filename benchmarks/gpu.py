@@ -1009,6 +1009,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gpu bench: this vidtag serve has no --runtime flag; use --runtimes auto")
         return 2
     gpu = gpu_info()
+    if args.device != "cpu" and gpu is None:
+        print(f"gpu bench: --device {args.device} but nvidia-smi finds no GPU (on a CPU-only "
+              "machine use --dry-run)")  # fmt: skip
+        return 2
     print(
         f"gpu bench{' (dry run)' if dry else ''}: budget {args.minutes:g} min, "
         f"device {args.device}, GPU {gpu['name'] if gpu else 'none'}, {os.cpu_count()} cores"

@@ -5,16 +5,20 @@
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl", "build/gpu-bench/wheels"],
 #       timeout_s=600)
 # The machine has Python 3.12 and torch with CUDA but no PyAV, grpcio-tools,
-# grpcio-health-checking or grpcio-reflection. Every wheel in .whl/ (PyAV:
-# av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl) and build/gpu-bench/wheels/ is installed into
-# /tmp/site first; fill the latter here with the versions of requirements/gpu.lock:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+# grpcio-health-checking, grpcio-reflection or PyNvVideoCodec. Every wheel in .whl/ (PyAV:
+# av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl), build/gpu-bench/wheels/ and
+# build/gpu-bench/nvdec-wheel/ is installed into /tmp/site first. Fill them here with the
+# versions of requirements/gpu.lock (one version of each package across the folders):
+#   dl() { python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d build/gpu-bench/wheels grpcio==1.85.3 \
-#     grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
-#     protobuf==7.36.2
-# (one version of each package across both folders). A PyNvVideoCodec wheel there too enables
-# the nvdec decoder; without it nvdec and hybrid are skipped and reported as such.
+#     --platform manylinux2014_x86_64 -d "$@"; }
+#   dl build/gpu-bench/wheels grpcio==1.85.3 grpcio-tools==1.85.1 \
+#     grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
+#   dl build/gpu-bench/nvdec-wheel pynvvideocodec==2.2.4
+# The PyNvVideoCodec wheel (27 MB) does not fit into one call's 64 MiB beside the others, so
+# bring it with a first call, `run(command="true", carry=["build/gpu-bench/nvdec-wheel"])`, and
+# start the one above within the 30 s the machine stays warm: ignored paths already there are
+# kept between calls. Without it, nvdec and hybrid are skipped and reported as such.
 #
 # Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
@@ -29,7 +33,7 @@ site=${SITE:-/tmp/site}  # where the wheels are installed
 mkdir -p "$out" build/gpu-bench
 
 shopt -s nullglob
-wheels=(.whl/*.whl build/gpu-bench/wheels/*.whl)
+wheels=(.whl/*.whl build/gpu-bench/wheels/*.whl build/gpu-bench/nvdec-wheel/*.whl)
 if ((${#wheels[@]})); then
   echo "installing ${#wheels[@]} wheel(s) into $site: ${wheels[*]##*/}"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
