@@ -411,3 +411,31 @@ def test_bad_overrides_are_rejected(tmp_path: Path) -> None:
         generate(tmp_path, 1, "test", overrides={"codec": "vp9", "container": "mp4"}, workers=1)
     with pytest.raises(ValueError):
         generate(tmp_path, 1, "valid", workers=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        ["star", "ring", "plain", "blink", "move_left"],
+        ["cross", "triangle", "plain", "zoom_out", "shake"],
+        ["square", "circle", "plain", "rotate"],
+    ],
+)
+def test_object_masks_cover_exactly_the_drawn_instances(tags: list[str]) -> None:
+    """At full resolution the masks are the pixels the frame draws over the plain background
+    (a hidden blinking instance, the shake window and the dots included), per kind."""
+    spec = _plain_spec(tags, duration=6.0)
+    r, bg = Renderer(spec), spec.scenes[0].colors[0]
+    kinds = ("circle", "square", "triangle", "star", "ring", "cross")
+    size = (spec.encoding.width, spec.encoding.height)
+    for i in (0, len(r) // 3, len(r) - 1):
+        masks = r.object_masks(i, kinds, size)
+        drawn = _object_mask(np.asarray(r.frame(i)), bg)
+        covered = masks.max(axis=0) > 0.5
+        assert (covered != drawn).mean() < 0.002  # edge pixels only
+        present = {k for k, m in zip(kinds, masks, strict=True) if m.any()}
+        assert present <= set(tags) and (present or not drawn.any())
+    assert r.frame_at(float(r.times[5]) + 1e-4) == 5 and r.frame_at(-1.0) == 0
+    full = r.object_masks(0, kinds, size).sum()
+    small = r.object_masks(0, kinds, (size[0] // 8, size[1] // 8))  # area fractions
+    assert small.max() <= 1.0 and abs(small.sum() * 64 - full) < 0.02 * full + 64

@@ -8,14 +8,14 @@ overlay. The background canvas carries margins when the camera shakes, so the cr
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from vidtag.synth import shapes
 from vidtag.synth.scenes import render_scene
-from vidtag.synth.spec import ClipSpec, Instance
+from vidtag.synth.spec import RGB, ClipSpec, Instance
 from vidtag.synth.timing import cut_frame, frame_times
 
 N_NOISE_FRAMES = 4
@@ -35,24 +35,30 @@ def instance_state(inst: Instance, u: float, t: float) -> tuple[float, float, fl
 
 
 def draw_instance(
-    draw: ImageDraw.ImageDraw, inst: Instance, state: tuple[float, float, float, float, bool]
+    draw: ImageDraw.ImageDraw,
+    inst: Instance,
+    state: tuple[float, float, float, float, bool],
+    fill: RGB | int | None = None,
 ) -> None:
-    """Draw one instance and its marker dot at the given state (canvas coordinates)."""
+    """Draw one instance and its marker dot at the given state (canvas coordinates); `fill`
+    paints both in one value instead of their colours (a mask)."""
     cx, cy, size, angle, visible = state
     if not visible:
         return
+    color = inst.color if fill is None else fill
     r = size / 2
     box = (cx - r, cy - r, cx + r, cy + r)
     if inst.shape == "circle":
-        draw.ellipse(box, fill=inst.color)
+        draw.ellipse(box, fill=color)
     elif inst.shape == "ring":
-        draw.ellipse(box, outline=inst.color, width=max(1, round(r * (1 - inst.shape_param))))
+        draw.ellipse(box, outline=color, width=max(1, round(r * (1 - inst.shape_param))))
     else:
         pts = shapes.polygon(inst.shape, inst.shape_param, size, angle) + np.array([cx, cy])
-        draw.polygon([(float(x), float(y)) for x, y in pts], fill=inst.color)
+        draw.polygon([(float(x), float(y)) for x, y in pts], fill=color)
     dx, dy = shapes.dot_offset(inst.shape, inst.shape_param, size, angle, inst.dot_angle)
     dr = max(0.75, shapes.DOT_FRACTION * size / 2)
-    draw.ellipse((cx + dx - dr, cy + dy - dr, cx + dx + dr, cy + dy + dr), fill=inst.dot_color)
+    dot = inst.dot_color if fill is None else fill
+    draw.ellipse((cx + dx - dr, cy + dy - dr, cx + dx + dr, cy + dy + dr), fill=dot)
 
 
 @lru_cache(maxsize=8)
@@ -88,10 +94,17 @@ class Renderer:
         self.margin = (
             (math.ceil(ax) + 1, math.ceil(ay) + 1) if spec.camera.kind == "shake" else (0, 0)
         )
-        self.backgrounds = [self._background(i) for i in range(len(spec.scenes))]
         self.shake = self._shake_offsets()
-        self.noise = self._noise_frames()
         self._patches: dict[str, Image.Image] = {}
+
+    @cached_property
+    def backgrounds(self) -> list[Image.Image]:
+        """Built on first use: object masks need none of the pixels."""
+        return [self._background(i) for i in range(len(self.spec.scenes))]
+
+    @cached_property
+    def noise(self) -> list[Image.Image]:
+        return self._noise_frames()
 
     def __len__(self) -> int:
         return len(self.times)
@@ -139,6 +152,33 @@ class Renderer:
         ramp = np.arange(256, dtype=np.float64)
         lut = [np.clip(np.rint(ramp * (1 + g * u)), 0, 255) for g in self.spec.distractors.drift]
         return np.concatenate(lut).astype(np.int64).tolist()
+
+    def frame_at(self, t: float) -> int:
+        """Index of the frame shown at `t` seconds (the last one that starts at or before it)."""
+        return int(np.clip(np.searchsorted(self.times, t + 1e-6, side="right") - 1, 0, len(self) - 1))
+
+    def object_masks(self, i: int, kinds: tuple[str, ...], out: tuple[int, int]) -> np.ndarray:
+        """(len(kinds), h, w) float32: the fraction of each cell of an `out` = (w, h) grid over
+        frame `i` that instances of each kind cover (dots included, hidden ones not)."""
+        w, h = self.size
+        mx, my = self.margin
+        t = float(self.times[i])
+        u = t / self.spec.encoding.duration
+        dx, dy = (int(v) for v in self.shake[i])
+        maps = np.zeros((len(kinds), out[1], out[0]), dtype=np.float32)
+        for k, kind in enumerate(kinds):
+            found = [inst for inst in self.spec.instances if inst.shape == kind]
+            if not found:
+                continue
+            canvas = Image.new("L", (w + 2 * mx, h + 2 * my), 0)
+            draw = ImageDraw.Draw(canvas)
+            for inst in found:
+                cx, cy, size, angle, visible = instance_state(inst, u, t)
+                draw_instance(draw, inst, (cx + mx, cy + my, size, angle, visible), fill=255)
+            crop = canvas.crop((mx + dx, my + dy, mx + dx + w, my + dy + h))
+            small = crop.resize(out, Image.Resampling.BOX)  # area average, as the decoder's
+            maps[k] = np.asarray(small, dtype=np.float32) / 255.0
+        return maps
 
     def frame(self, i: int) -> Image.Image:
         """Frame `i` as an RGB image of the display size."""
