@@ -155,7 +155,9 @@ class Renderer:
 
     def frame_at(self, t: float) -> int:
         """Index of the frame shown at `t` seconds (the last one that starts at or before it)."""
-        return int(np.clip(np.searchsorted(self.times, t + 1e-6, side="right") - 1, 0, len(self) - 1))
+        return int(
+            np.clip(np.searchsorted(self.times, t + 1e-6, side="right") - 1, 0, len(self) - 1)
+        )
 
     def object_masks(self, i: int, kinds: tuple[str, ...], out: tuple[int, int]) -> np.ndarray:
         """(len(kinds), h, w) float32: the fraction of each cell of an `out` = (w, h) grid over
