@@ -607,6 +607,7 @@ def memory_phase(
     t_end = time.monotonic() + min(args.memory_s, max(0.0, budget.left() - args.reserve_s))
     samples = [{"clips": 0, **memory_sample(pid, metrics_port)}]
     done, ok, errors, wall = 0, 0, 0, 0.0
+    by_status: dict[str, int] = {}
     chunk = args.memory_first
     while done < args.memory_clips and time.monotonic() < t_end:
         n = min(chunk, args.memory_clips - done)
@@ -614,6 +615,8 @@ def memory_phase(
         done += s["requests"]
         ok += s["ok"]
         errors += s["requests"] - s["ok"]
+        for k, v in s["errors"].items():
+            by_status[k] = by_status.get(k, 0) + v
         wall += s["wall_s"]
         samples.append({"clips": done, "t_s": round(wall, 2), **memory_sample(pid, metrics_port)})
         # Later chunks: about 10 s of work each, so the phase stops close to its time.
@@ -644,6 +647,7 @@ def memory_phase(
         "concurrency": args.memory_concurrency,
         "ok": ok,
         "errors": errors,
+        "errors_by_status": by_status,
         "wall_s": wall,
         "throughput_clips_s": ok / wall if wall else 0.0,
         "measure": measure,
