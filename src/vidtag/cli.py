@@ -76,6 +76,9 @@ def _train(args: argparse.Namespace) -> int:
         keep_epochs=not args.no_keep_epochs,
         augment=args.augment,
         init=args.init,
+        render_per_epoch=args.render_per_epoch,
+        render_seed=args.render_seed,
+        render_workers=args.render_workers,
     )
     print(train(cfg))
     return 0
@@ -241,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--init", metavar="CKPT", help="start from this checkpoint's weights (same arch and loss)"
+    )
+    p.add_argument(
+        "--render-per-epoch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train on N fresh STB-1 clips per epoch, rendered straight to the input size "
+        "(never encoded, each used once)",
+    )
+    p.add_argument("--render-seed", type=int, default=1000, help="synth seed of rendered clips")
+    p.add_argument(
+        "--render-workers",
+        type=int,
+        default=None,
+        help="processes rendering clips (default: all cores but one; 0: in the trainer)",
     )
     p.add_argument(
         "--eval-epoch",

@@ -34,9 +34,16 @@ class TrainConfig:
     keep_epochs: bool = True  # also save every epoch's weights (for --eval-epoch)
     augment: str = "flip"  # "flip": label-aware flips and time reversal; "full": also jitter
     init: str | None = None  # start from this checkpoint's weights (same arch and loss)
+    # Fresh STB-1 clips rendered (not encoded) per epoch, each used once, mixed with the
+    # cached ones (vidtag.train.rendered); drawn from the train split with `render_seed`.
+    render_per_epoch: int = 0
+    render_seed: int = 1000  # keep it apart from the seeds of the encoded splits
+    render_workers: int | None = None  # processes; None: all cores but one; 0: in process
 
     def __post_init__(self) -> None:
         if self.accumulate < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError(f"accumulate, batch_size and epochs must be >= 1: {self}")
+        if self.render_per_epoch < 0 or (self.render_workers or 0) < 0:
+            raise ValueError(f"render_per_epoch and render_workers must be >= 0: {self}")
         if self.augment not in ("flip", "full"):
             raise ValueError(f"augment must be 'flip' or 'full', not {self.augment!r}")

@@ -36,6 +36,7 @@ from vidtag.train.cache import build_cache
 from vidtag.train.config import TrainConfig
 from vidtag.train.manifest import Clip, multi_hot
 from vidtag.train.metrics import calibrate_thresholds, evaluate_predictions
+from vidtag.train.rendered import RenderedStream
 
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.25, 0.25, 0.25)
@@ -94,6 +95,22 @@ class FrameSource:
         if self._dev is not None:
             return self._dev[torch.from_numpy(idx).to(self.device)]
         return torch.from_numpy(np.asarray(self._np[idx]))
+
+
+def tag_matrix(tag_sets: list[tuple[str, ...]]) -> np.ndarray:
+    """(N, len(TAGS)) float32 multi-hot labels of tag tuples."""
+    return multi_hot([Clip(Path(""), t) for t in tag_sets], TAGS)
+
+
+def _rendered_stream(cfg: TrainConfig, rank: int, world: int, first: int) -> RenderedStream:
+    """This rank's share of the rendered clips, from clip `first` of the run on."""
+    workers = cfg.render_workers
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 1) - 1)
+    return RenderedStream(
+        cfg.render_seed, cfg.frames, cfg.height, cfg.width, workers,
+        start=first + rank, step=world, ahead=4 * cfg.batch_size,
+    )  # fmt: skip
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -251,7 +268,9 @@ def train(cfg: TrainConfig) -> Path:
     model: torch.nn.Module = DDP(objective) if world > 1 else objective
     augmenter = BatchAugmenter(TAGS, device)
     opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(data.y_train) // (cfg.batch_size * world))
+    # Rendered batches per epoch (each rank renders its own share of every global step).
+    rendered_steps = -(-cfg.render_per_epoch // (cfg.batch_size * world))
+    steps_per_epoch = max(1, len(data.y_train) // (cfg.batch_size * world)) + rendered_steps
     total_steps = cfg.epochs * max(1, steps_per_epoch // cfg.accumulate)
     start_epoch, best_j, history, step, elapsed = 0, -1.0, [], 0, 0.0
     ckpt = out / "checkpoint.pt"
@@ -276,85 +295,108 @@ def train(cfg: TrainConfig) -> Path:
             p = float(t.item())
         return p
 
-    curves_at = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        if progress() >= 1.0:
-            break
-        model.train()
-        t0, total, seen = time.time(), 0.0, 0
-        batches = _rank_batches(len(data.y_train), cfg.batch_size, rng, rank, world)
-        bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank > 0
-        )
-        for k, idx in enumerate(bar):
-            last_micro = (k + 1) % cfg.accumulate == 0 or k + 1 == len(batches)
-            if k % cfg.accumulate == 0:
-                if progress() >= 1.0:
-                    break
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(progress(), cfg.warmup)
-            frames, y = augmenter.random(
-                data.train.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)], gen
+    stream = (
+        _rendered_stream(cfg, rank, world, start_epoch * rendered_steps * cfg.batch_size * world)
+        if rendered_steps
+        else None
+    )
+    try:
+        curves_at = time.time()
+        for epoch in range(start_epoch, cfg.epochs):
+            if progress() >= 1.0:
+                break
+            model.train()
+            t0, total, seen = time.time(), 0.0, 0
+            batches: list[np.ndarray | None] = [
+                *_rank_batches(len(data.y_train), cfg.batch_size, rng, rank, world),
+                *[None] * rendered_steps,  # None: a batch of fresh rendered clips
+            ]
+            if rendered_steps:
+                batches = [batches[i] for i in rng.permutation(len(batches))]
+            bar = tqdm(
+                batches,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not cfg.progress or rank > 0,
             )
-            x = normalise(frames, ispec.mean, ispec.std)
-            if cfg.augment == "full":
-                x = jitter(x, gen)
-            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-            if isinstance(model, DDP) and not last_micro:
-                sync = model.no_sync()
-            with sync:
-                loss = model(x, y, use_amp)
-                (loss / cfg.accumulate).backward()
-            if last_micro:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            elapsed += time.time() - t0
-            t0 = time.time()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        p_now = progress()  # collective: every rank calls it
-        if rank == 0:
-            row, rule, metrics = _validate(net, head, data, ispec, limits, device, use_amp)
-            elapsed += time.time() - t0
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": total / max(1, seen),
-                "seconds": round(elapsed, 2),
-                "lr": cfg.lr * lr_factor(p_now, cfg.warmup),
-                "step": step,
-                "world_size": world,
-                **row,
-            }
-            history.append(row)
-            print(json.dumps(row), flush=True)
-            state = _best_state(cfg, net, head, rule, metrics, epoch)
-            if metrics["mean_jaccard"] > best_j:
-                best_j = metrics["mean_jaccard"]
-                torch.save(state, out / "best.pt")
-            if cfg.keep_epochs:
-                (out / "epochs").mkdir(exist_ok=True)
-                torch.save(state, out / "epochs" / f"epoch-{epoch + 1:03d}.pt")
-            torch.save(
-                {
-                    "config": asdict(cfg),
-                    "model": net.state_dict(),
-                    "head": head.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "epoch": epoch,
+            for k, idx in enumerate(bar):
+                last_micro = (k + 1) % cfg.accumulate == 0 or k + 1 == len(batches)
+                if k % cfg.accumulate == 0:
+                    if progress() >= 1.0:
+                        break
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * lr_factor(progress(), cfg.warmup)
+                if idx is None:
+                    assert stream is not None
+                    clips, tags = stream.take(cfg.batch_size)
+                    raw = torch.from_numpy(clips).to(device)
+                    labels = torch.from_numpy(tag_matrix(tags)).to(device)
+                else:
+                    raw = data.train.take(idx)
+                    labels = y_tr_dev[torch.from_numpy(idx).to(device)]
+                frames, y = augmenter.random(raw, labels, gen)
+                x = normalise(frames, ispec.mean, ispec.std)
+                if cfg.augment == "full":
+                    x = jitter(x, gen)
+                sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+                if isinstance(model, DDP) and not last_micro:
+                    sync = model.no_sync()
+                with sync:
+                    loss = model(x, y, use_amp)
+                    (loss / cfg.accumulate).backward()
+                if last_micro:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+                total += loss.item() * len(y)
+                seen += len(y)
+                elapsed += time.time() - t0
+                t0 = time.time()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            p_now = progress()  # collective: every rank calls it
+            if rank == 0:
+                row, rule, metrics = _validate(net, head, data, ispec, limits, device, use_amp)
+                elapsed += time.time() - t0
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": total / max(1, seen),
+                    "seconds": round(elapsed, 2),
+                    "lr": cfg.lr * lr_factor(p_now, cfg.warmup),
                     "step": step,
-                    "elapsed": elapsed,
-                    "best_j": best_j,
-                    "history": history,
-                },
-                ckpt,
-            )
-            (out / "history.json").write_text(json.dumps(history, indent=1))
-            if time.time() - curves_at > CURVES_EVERY_S:  # a plot costs as much as a GPU epoch
-                write_curves(history, out / "curves.png")
-                curves_at = time.time()
-        _barrier()
+                    "world_size": world,
+                    "rendered": stream.rendered if stream is not None else 0,
+                    **row,
+                }
+                history.append(row)
+                print(json.dumps(row), flush=True)
+                state = _best_state(cfg, net, head, rule, metrics, epoch)
+                if metrics["mean_jaccard"] > best_j:
+                    best_j = metrics["mean_jaccard"]
+                    torch.save(state, out / "best.pt")
+                if cfg.keep_epochs:
+                    (out / "epochs").mkdir(exist_ok=True)
+                    torch.save(state, out / "epochs" / f"epoch-{epoch + 1:03d}.pt")
+                torch.save(
+                    {
+                        "config": asdict(cfg),
+                        "model": net.state_dict(),
+                        "head": head.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "elapsed": elapsed,
+                        "best_j": best_j,
+                        "history": history,
+                    },
+                    ckpt,
+                )
+                (out / "history.json").write_text(json.dumps(history, indent=1))
+                if time.time() - curves_at > CURVES_EVERY_S:  # a plot costs as much as a GPU epoch
+                    write_curves(history, out / "curves.png")
+                    curves_at = time.time()
+            _barrier()
+    finally:
+        if stream is not None:
+            stream.close()
     if rank == 0 and history:
         write_curves(history, out / "curves.png")
     if world > 1:
