@@ -4,6 +4,7 @@ Poisson schedule and the synth clip cache."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import io
 import json
@@ -16,10 +17,14 @@ import numpy as np
 import pytest
 
 from vidtag.client.bench import (
+    CallOptions,
+    Clip,
+    Plan,
     add_bench_arguments,
     parse_clip_spec,
     poisson_schedule,
     run_bench,
+    run_plan,
     server_timings,
     synth_clips,
 )
@@ -31,9 +36,14 @@ MODEL_NAME = "tiny"
 
 
 @pytest.fixture(scope="module")
-def target(model_repo: Path) -> Iterator[str]:
+def target(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server that also reads clips by path anywhere under this session's temporary files."""
     config = ServeConfig(
-        host="127.0.0.1", port=0, model_repository=model_repo, model_name=MODEL_NAME
+        host="127.0.0.1",
+        port=0,
+        model_repository=model_repo,
+        model_name=MODEL_NAME,
+        allowed_path_roots=(tmp_path_factory.getbasetemp(),),
     )
     with running_server(config) as (server, _):
         yield f"127.0.0.1:{server.port}"
@@ -96,6 +106,61 @@ def test_closed_and_open_loop(target: str, clips: Path, tmp_path: Path) -> None:
     assert "clips/s" in out.split("\n\n")[-1]  # the final table of a multi-step run
     if importlib.util.find_spec("matplotlib") is not None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_path_input_tags_like_bytes(target: str, clips: Path, tmp_path: Path) -> None:
+    """`--input path`: the server reads each clip from its file; no request fails and every
+    clip gets the tags its upload gets. The reports say which input was used."""
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(clips / name, good / name)
+    docs, outs = {}, {}
+    for mode in ("bytes", "path"):
+        argv = ["--server", target, "--clips", str(good), "--concurrency", "2", "--requests", "4"]
+        argv += ["--rate", "4", "--duration", "0.5", "--warmup", "0", "--quiet"]
+        report = tmp_path / f"{mode}.json"
+        code, outs[mode], err = _run([*argv, "--input", mode, "--json", str(report)])
+        assert code == 0, err
+        docs[mode] = json.loads(report.read_text())
+
+    path = docs["path"]
+    assert path["input"] == "path" and path["args"]["input"] == "path"
+    assert [c["path"] for c in path["clips"]] == [str(good / "a.mp4"), str(good / "b.mp4")]
+    assert "input path (the server reads" in outs["path"].splitlines()[0]
+    assert "input bytes (each clip uploaded" in outs["bytes"].splitlines()[0]
+    table = outs["path"].split("\n\n")[-1].splitlines()
+    assert table[0].split()[:2] == ["mode", "input"]
+    assert [row.split()[1] for row in table[2:4]] == ["path", "path"]
+    by_clip: dict[str, dict[int, list[str]]] = {}
+    for mode, doc in docs.items():
+        by_clip[mode] = {}
+        for step in doc["steps"]:
+            assert step["input"] == mode
+            assert step["ok"] == step["requests"] > 0 and step["errors"] == {}
+            assert step["server_ms"]["decode_ms"] > 0
+            raw = step["raw"]
+            for i, tags in zip(raw["clip"], raw["tags"], strict=True):
+                assert tags, f"{mode}: request {i} answered no tags"
+                by_clip[mode].setdefault(i % 2, tags)
+                assert by_clip[mode][i % 2] == tags  # the same clip, the same answer
+    assert by_clip["path"] == by_clip["bytes"]
+
+
+def test_path_input_needs_clips_from_files(target: str, clips: Path) -> None:
+    bare = [Clip("a.mp4", (clips / "a.mp4").read_bytes())]  # bytes only: no file to name
+    plan = Plan((1,), requests=1)
+    with pytest.raises(ValueError, match=r"a\.mp4 was given as bytes only"):
+        asyncio.run(run_plan(target, bare, plan, CallOptions(input="path")))
+    # Bytes mode sends them as before.
+    (step,) = asyncio.run(run_plan(target, bare, plan))
+    assert (step.input, [s.status for s in step.samples]) == ("bytes", ["OK"])
+    # Path mode sends the path alone: the server reads the file, not these (junk) bytes.
+    named = [Clip("a.mp4", b"junk", (clips / "a.mp4").absolute())]
+    (by_path,) = asyncio.run(run_plan(target, named, plan, CallOptions(input="path")))
+    (by_bytes,) = asyncio.run(run_plan(target, named, plan))
+    assert [s.status for s in by_path.samples] == ["OK"]
+    assert [s.status for s in by_bytes.samples] == ["INVALID_ARGUMENT"]
 
 
 def test_png_without_matplotlib(

@@ -10,6 +10,12 @@ timings come from each response's `Timings` (every numeric field the stubs know,
 or `batch_size` show up when the server sends them); the split reports decode, inference and
 other = total - decode - inference, and e2e - total: transport, gRPC, the client, and any server
 queueing that `total_ms` leaves out (compare `queue_ms`).
+
+Input (`--input`): `bytes` (default) sends each clip's bytes in the request, as a backend
+uploading clips does; `path` sends only the clip's absolute file path (`TagVideoRequest.path`)
+and the server reads the file itself, so the upload leaves the measurement. Path mode needs a
+server on the same filesystem started with `--allow-path-root DIR` covering the clips, and
+clips that come from files (`--clips DIR`, `--synth N`); every report says which input was used.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ DEFAULT_DURATION_S: Final = 10.0
 MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
 PERCENTILES: Final = (50, 90, 99)
 Mode = Literal["closed", "open"]
+InputMode = Literal["bytes", "path"]
+INPUT_MODES: Final[tuple[InputMode, ...]] = ("bytes", "path")
 
 
 # ---------------------------------------------------------------- data
@@ -46,8 +54,12 @@ Mode = Literal["closed", "open"]
 
 @dataclass(frozen=True)
 class Clip:
+    """A clip to send: its bytes, and the file they came from (absolute; None for clips given
+    only as bytes, which cannot be sent by path)."""
+
     name: str
     data: bytes
+    path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class Sample:
     latency_ms: float  # answer time - due time
     status: str  # grpc.StatusCode name; "OK" on success
     server: dict[str, float]  # numeric `Timings` fields of the response (empty on failure)
+    tags: tuple[str, ...] = ()  # names of the tags answered, ranked (empty on failure)
 
 
 @dataclass
@@ -71,6 +84,7 @@ class Step:
     wall_s: float = 0.0
     duration_s: float | None = None  # open loop: the span requests were scheduled over
     samples: list[Sample] = field(default_factory=list)
+    input: InputMode = "bytes"  # how each request carried its clip
 
     @property
     def label(self) -> str:
@@ -92,6 +106,7 @@ class Step:
         lag = np.asarray([s.sent_s - s.due_s for s in self.samples], dtype=float) * 1000.0
         return {
             "mode": self.mode,
+            "input": self.input,
             "load": self.load,
             "concurrency": int(self.load) if self.mode == "closed" else None,
             "rate": self.load if self.mode == "open" else None,
@@ -119,6 +134,7 @@ class Step:
             "sent_s": [round(s.sent_s, 6) for s in self.samples],
             "latency_ms": [round(s.latency_ms, 3) for s in self.samples],
             "status": [s.status for s in self.samples],
+            "tags": [list(s.tags) for s in self.samples],
         }
         for k in keys:
             cols[f"server.{k}"] = [s.server.get(k) for s in self.samples]
@@ -195,7 +211,7 @@ def poisson_schedule(rate: float, duration_s: float, seed: int) -> np.ndarray:
 def load_clips(directory: Path) -> list[Clip]:
     """Every video file directly in `directory` (by suffix), sorted by name, read into memory."""
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    return [Clip(p.name, p.read_bytes()) for p in paths if p.is_file()]
+    return [Clip(p.name, p.read_bytes(), p.absolute()) for p in paths if p.is_file()]
 
 
 def parse_clip_spec(text: str) -> dict[str, Any]:
@@ -253,7 +269,8 @@ def synth_clips(
         generate(out, count, split="test", seed=seed, progress=progress, overrides=overrides)
         (out / "overrides.json").write_text(key + "\n")
         rows = _manifest_rows(out / MANIFEST)
-    return [Clip(r["path"], (out / r["path"]).read_bytes()) for r in rows[:count]]
+    files = [(r["path"], (out / r["path"]).absolute()) for r in rows[:count]]
+    return [Clip(name, path.read_bytes(), path) for name, path in files]
 
 
 def _manifest_rows(path: Path) -> list[dict[str, Any]]:
@@ -270,10 +287,27 @@ class CallOptions:
     timeout: float | None = 60.0
     model_name: str = ""
     model_version: str = ""
+    input: InputMode = "bytes"  # "path": send each clip's file path, not its bytes
+
+
+def check_input(clips: Sequence[Clip], input: str) -> None:
+    """ValueError unless every clip can be sent with `input` ("bytes" or "path")."""
+    if input not in INPUT_MODES:
+        raise ValueError(f"input must be one of {', '.join(INPUT_MODES)}, not {input!r}")
+    if input == "path":
+        bare = [c.name for c in clips if c.path is None]
+        if bare:
+            shown = ", ".join(bare[:3]) + (f" and {len(bare) - 3} more" if len(bare) > 3 else "")
+            raise ValueError(
+                f"input 'path' names each clip by its file, but {shown} "
+                f"{'was' if len(bare) == 1 else 'were'} given as bytes only; use clips read "
+                "from files (--clips DIR, --synth N) or input 'bytes'"
+            )
 
 
 class _Runner:
-    """A grpc.aio channel and stub; one `TagVideo` call per `call`."""
+    """A grpc.aio channel and stub; one `TagVideo` call per `call`. Each request carries the
+    clip's bytes or (`options.input == "path"`) its absolute file path."""
 
     def __init__(self, target: str, clips: Sequence[Clip], options: CallOptions) -> None:
         import grpc
@@ -281,6 +315,7 @@ class _Runner:
         from vidtag.v1 import tagger_pb2 as pb
         from vidtag.v1 import tagger_pb2_grpc as pb_grpc
 
+        check_input(clips, options.input)
         self._grpc = grpc
         self.channel = grpc.aio.insecure_channel(
             target,
@@ -290,23 +325,28 @@ class _Runner:
             ],
         )
         self.stub = pb_grpc.VideoTaggerStub(self.channel)
-        self.requests = [
-            pb.TagVideoRequest(
-                video=c.data, model_name=options.model_name, model_version=options.model_version
+        self.requests = []
+        for c in clips:
+            request = pb.TagVideoRequest(
+                model_name=options.model_name, model_version=options.model_version
             )
-            for c in clips
-        ]
+            if options.input == "path":
+                request.path = str(c.path)
+            else:
+                request.video = c.data
+            self.requests.append(request)
         self.options = options
 
-    async def call(self, clip: int) -> tuple[str, dict[str, float]]:
+    async def call(self, clip: int) -> tuple[str, dict[str, float], tuple[str, ...]]:
+        """(status name, server timings, tag names) of one request for clip `clip`."""
         try:
             response = await self.stub.TagVideo(
                 self.requests[clip % len(self.requests)], timeout=self.options.timeout
             )
         except self._grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
-            return (code.name if code is not None else type(exc).__name__), {}
-        return "OK", server_timings(response)
+            return (code.name if code is not None else type(exc).__name__), {}, ()
+        return "OK", server_timings(response), tuple(t.name for t in response.tags)
 
     async def health(self, wait_s: float) -> str:
         """The overall health status name, retrying until SERVING or `wait_s` has passed."""
@@ -345,7 +385,7 @@ async def _closed_loop(
     progress: bool = False,
     desc: str = "",
 ) -> Step:
-    step = Step("closed", float(concurrency))
+    step = Step("closed", float(concurrency), input=runner.options.input)
     bar = _bar(requests, desc or step.label, progress)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -359,10 +399,10 @@ async def _closed_loop(
             now = loop.time()
             if end is not None and now >= end:
                 return
-            status, timings = await runner.call(i)
+            status, timings, tags = await runner.call(i)
             done = loop.time()
             step.samples.append(
-                Sample(i, now - t0, now - t0, (done - now) * 1000.0, status, timings)
+                Sample(i, now - t0, now - t0, (done - now) * 1000.0, status, timings, tags)
             )
             errors += status != "OK"
             bar.set_postfix(errors=errors, refresh=False)
@@ -378,7 +418,7 @@ async def _closed_loop(
 async def _open_loop(
     runner: _Runner, rate: float, duration_s: float, seed: int, progress: bool = False
 ) -> Step:
-    step = Step("open", rate, duration_s=duration_s)
+    step = Step("open", rate, duration_s=duration_s, input=runner.options.input)
     schedule = poisson_schedule(rate, duration_s, seed)
     bar = _bar(len(schedule), step.label, progress)
     loop = asyncio.get_running_loop()
@@ -388,10 +428,11 @@ async def _open_loop(
     async def one(i: int, due: float) -> None:
         nonlocal errors
         sent = loop.time()
-        status, timings = await runner.call(i)
+        status, timings, tags = await runner.call(i)
         done = loop.time()
         # Latency from the scheduled time: a send the client itself delayed still counts.
-        step.samples.append(Sample(i, due - t0, sent - t0, (done - due) * 1000.0, status, timings))
+        lat = (done - due) * 1000.0
+        step.samples.append(Sample(i, due - t0, sent - t0, lat, status, timings, tags))
         errors += status != "OK"
         bar.set_postfix(errors=errors, refresh=False)
         bar.update()
@@ -474,7 +515,8 @@ def format_step(summary: dict[str, Any]) -> str:
         f"{label}: {s['requests']} requests, {s['ok']} ok, "
         f"{s['requests'] - s['ok']} failed in {s['wall_s']:.2f} s; "
         f"{s['throughput_clips_s']:.2f} clips/s"
-        + (f" (offered {s['offered_rps']:.2f}/s)" if s["offered_rps"] is not None else ""),
+        + (f" (offered {s['offered_rps']:.2f}/s)" if s["offered_rps"] is not None else "")
+        + f"; input {s.get('input', 'bytes')}",
         f"  latency ms   p50 {_ms(lat['p50'])}  p90 {_ms(lat['p90'])}  "
         f"p99 {_ms(lat['p99'])}  max {_ms(lat['max'])}",
     ]
@@ -504,7 +546,7 @@ def format_step(summary: dict[str, Any]) -> str:
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:
     """One row per step: the final sweep table."""
     head = (
-        f"{'mode':<6} {'load':>6} {'reqs':>5} {'ok':>5} {'err':>4} {'clips/s':>8} "
+        f"{'mode':<6} {'input':<5} {'load':>6} {'reqs':>5} {'ok':>5} {'err':>4} {'clips/s':>8} "
         f"{'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} "
         f"{'decode':>7} {'infer':>7} {'other':>7} {'queue':>7}"
     )
@@ -513,8 +555,8 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         lat, srv = s["latency_ms"], s["server_ms"]
         load = f"{s['load']:g}" + ("/s" if s["mode"] == "open" else "")
         rows.append(
-            f"{s['mode']:<6} {load:>6} {s['requests']:>5} {s['ok']:>5} "
-            f"{s['requests'] - s['ok']:>4} {s['throughput_clips_s']:>8.2f} "
+            f"{s['mode']:<6} {s.get('input', 'bytes'):<5} {load:>6} {s['requests']:>5} "
+            f"{s['ok']:>5} {s['requests'] - s['ok']:>4} {s['throughput_clips_s']:>8.2f} "
             f"{_ms(lat['p50']):>8} {_ms(lat['p90']):>8} {_ms(lat['p99']):>8} "
             f"{_ms(lat['max']):>8} {_ms(srv.get('decode_ms')):>7} "
             f"{_ms(srv.get('inference_ms')):>7} {_ms(srv.get('other_ms')):>7} "
@@ -531,8 +573,12 @@ def build_report(
         "tool": "vidtag bench",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "server": target,
+        "input": steps[0].input if steps else args.get("input", "bytes"),
         "args": args,
-        "clips": [{"name": c.name, "bytes": len(c.data)} for c in clips],
+        "clips": [
+            {"name": c.name, "bytes": len(c.data), "path": None if c.path is None else str(c.path)}
+            for c in clips
+        ],
         "steps": [{**step.summary(), "raw": step.raw()} for step in steps],
     }
 
@@ -630,6 +676,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--synth-seed", type=int, default=2, metavar="S", help="with --synth (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--input",
+        choices=INPUT_MODES,
+        default="bytes",
+        help="bytes: each request carries the clip's bytes (an uploading client); path: each "
+        "request names the clip by its absolute file path and the server reads it (a server on "
+        "this filesystem started with --allow-path-root covering the clips; no upload in the "
+        "measurement) (default: %(default)s)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -792,10 +847,24 @@ def run_bench(
     if not clips:
         print(f"vidtag bench: no video files in {args.clips}", file=err)
         return 2
+    try:
+        check_input(clips, args.input)
+    except ValueError as exc:
+        print(f"vidtag bench: {exc}", file=err)
+        return 2
     size_mb = sum(len(c.data) for c in clips) / 1e6
-    print(f"{len(clips)} clip(s), {size_mb:.1f} MB; server {args.server}", file=out, flush=True)
+    how = (
+        "path (the server reads each clip's file; nothing uploaded)"
+        if args.input == "path"
+        else "bytes (each clip uploaded in its request)"
+    )
+    print(
+        f"{len(clips)} clip(s), {size_mb:.1f} MB; server {args.server}; input {how}",
+        file=out,
+        flush=True,
+    )
 
-    options = CallOptions(args.timeout, args.model_name, args.model_version)
+    options = CallOptions(args.timeout, args.model_name, args.model_version, args.input)
     summaries: list[dict[str, Any]] = []
 
     def on_step(step: Step) -> None:
@@ -820,6 +889,14 @@ def run_bench(
         return 1
     if len(steps) > 1:
         print("\n" + format_table(summaries), file=out)
+    if args.input == "path" and any(
+        s["errors"].get("PERMISSION_DENIED") == s["requests"] for s in summaries
+    ):
+        print(
+            "vidtag bench: every path request was refused (PERMISSION_DENIED): is the server "
+            "on this filesystem, started with --allow-path-root covering the clips?",
+            file=err,
+        )
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or DEFAULT_CACHE / f"report-{stamp}.json"
