@@ -8,8 +8,12 @@
 #   4. export the best checkpoint (ONNX parity checked) and pack the results into RESULTS.
 # Clips whose index is a multiple of 10 form the validation split in both stages and are never
 # trained on, so the per-tag thresholds are calibrated on unseen clips. STAGES="": one stage.
+# RENDER > 0 adds that many fresh rendered (never encoded) clips to every epoch, drawn by
+# RENDER_WORKERS processes (`vidtag train --render-per-epoch`): the cores not encoding render,
+# so the network sees far more distinct clips than the encoder can make (it memorises those).
 # Knobs (environment): N_TRAIN (upper bound; SYNTH_S decides) SEED_TRAIN SYNTH_S STAGES END_BY
-# RESERVE ARCH NAME VERSION BATCH LR AUGMENT DEVICE WORK RESULTS SYNTH_WORKERS PY.
+# RESERVE ARCH NAME VERSION BATCH LR AUGMENT DEVICE WORK RESULTS SYNTH_WORKERS RENDER
+# RENDER_SEED RENDER_WORKERS PY.
 # The packed results unpack into $WORK/models/$NAME/$VERSION plus the runs' histories and logs.
 set -euo pipefail
 
@@ -30,10 +34,21 @@ WORK=${WORK:-build/gpu}
 RESULTS=${RESULTS:-$WORK/results.tar.gz}
 PY=${PY:-python3}
 CORES=$(nproc)
-# leave two cores to the trainer, whose Python loop launches the GPU kernels
-SYNTH_WORKERS=${SYNTH_WORKERS:-$((CORES > 3 ? CORES - 2 : 1))}
+RENDER=${RENDER:-0}
+RENDER_SEED=${RENDER_SEED:-1000}
+# leave two cores to the trainer, whose Python loop launches the GPU kernels; with RENDER, half
+# of the others encode while synthesis runs, and all of them render after it
+FREE=$((CORES > 3 ? CORES - 2 : 1))
+SYNTH_WORKERS=${SYNTH_WORKERS:-$((RENDER > 0 && FREE > 1 ? FREE / 2 : FREE))}
+RENDER_WORKERS=${RENDER_WORKERS:-$FREE}
+render_workers() { # while synthesis runs, the cores it leaves
+    if kill -0 "${synth_pid:-0}" 2>/dev/null; then
+        echo $((RENDER_WORKERS > SYNTH_WORKERS ? RENDER_WORKERS - SYNTH_WORKERS : 1))
+    else echo "$RENDER_WORKERS"; fi
+}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 
+runs=0
 stamp() { echo "[$(date +%H:%M:%S) +${SECONDS}s] $*"; }
 mkdir -p "$WORK"
 TRAIN="$WORK/train"
@@ -53,10 +68,14 @@ EOF
 # train RUN STEM BUDGET [INIT]
 train() {
     mkdir -p "$1"
-    stamp "train $ARCH on $2 for ${3}s on $DEVICE${4:+ from $4}"
+    local rw
+    rw=$(render_workers)
+    runs=$((runs + 1)) # each run renders clips of its own seed: no stage repeats another's
+    stamp "train $ARCH on $2 for ${3}s on $DEVICE${4:+ from $4}, $RENDER rendered clips an epoch ($rw processes)"
     $PY -m vidtag.cli train --manifest "$TRAIN/$2.train.jsonl" --val-manifest "$TRAIN/$2.val.jsonl" \
         --out "$1" --arch "$ARCH" --device "$DEVICE" --time-budget "$3" --epochs 100000 \
         --batch-size "$BATCH" --lr "$LR" --augment "$AUGMENT" --threads 2 --no-keep-epochs \
+        --render-per-epoch "$RENDER" --render-seed $((RENDER_SEED + runs)) --render-workers "$rw" \
         ${4:+--init "$4"} --quiet >"$1/train.log" 2>&1
     tail -n 2 "$1/train.log" | head -n 1 | cut -c 1-400
 }
