@@ -26,8 +26,15 @@ def _load() -> ModuleType:
     return module
 
 
-def _step(clips_s: float, p50: float, p99: float, errors: dict[str, int] | None = None) -> dict:
+def _step(
+    clips_s: float,
+    p50: float,
+    p99: float,
+    errors: dict[str, int] | None = None,
+    input: str = "bytes",
+) -> dict:
     return {
+        "input": input,
         "throughput_clips_s": clips_s,
         "latency_ms": {"p50": p50, "p90": p99, "p99": p99},
         "errors": errors or {},
@@ -55,25 +62,45 @@ def _memory(growth: float, clips: int = 10_000, measure: str = "gpu_process_byte
 def test_bars_pass_and_fail_on_the_issue_numbers() -> None:
     gpu = _load()
     good = [
-        _config("default", {"1": _step(60, 18.0, 30.0)}, _memory(0.01)),
+        _config(
+            "default",
+            {"1": _step(60, 18.0, 30.0), "1:path": _step(70, 12.0, 20.0, input="path")},
+            _memory(0.01),
+        ),
         _config("r2plus1d_18", {"64": _step(650, 60, 140), "256": _step(900, 200, 400)}),
     ]
-    assert [b["passed"] for b in gpu.evaluate_bars(good, dry=False)] == [True, True, True]
     bars = gpu.evaluate_bars(good, dry=False)
-    assert bars[1]["value"] == 650  # the best step within p99 <= 150 ms, not the fastest
+    assert [b["passed"] for b in bars] == [True, True, True, True]
+    # The p50 bar once per input mode, each on its own step, and saying which it is.
+    assert [(b["input"], b["value"]) for b in bars[:2]] == [("bytes", 18.0), ("path", 12.0)]
+    assert "input bytes" in bars[0]["bar"] and "input path" in bars[1]["bar"]
+    assert bars[2]["value"] == 650  # the best step within p99 <= 150 ms, not the fastest
 
     bad = [
-        _config("default", {"1": _step(40, 21.0, 30.0)}, _memory(0.03)),
+        _config(
+            "default",
+            {"1": _step(40, 21.0, 30.0), "1:path": _step(60, 14.0, 20.0, input="path")},
+            _memory(0.03),
+        ),
         _config("r2plus1d_18", {"64": _step(650, 60, 140, {"RESOURCE_EXHAUSTED": 3})}),
     ]
-    assert [b["passed"] for b in gpu.evaluate_bars(bad, dry=False)] == [False, False, False]
+    # Uploads miss the latency bar while paths make it: reported apart, not the better one.
+    assert [b["passed"] for b in gpu.evaluate_bars(bad, dry=False)] == [False, True, False, False]
+    # Throughput is end to end: a fast path-input step does not count for it.
+    fast_path = [_config("r2plus1d_18", {"1:path": _step(700, 10, 20, input="path")})]
+    assert gpu.evaluate_bars(fast_path, dry=False)[2]["value"] is None
+    # Without a path row, the path bar fails as not measured.
+    (bytes_bar, path_bar) = gpu.evaluate_bars(
+        [_config("default", {"1": _step(60, 18, 30)})], False
+    )[:2]
+    assert bytes_bar["passed"] and not path_bar["passed"] and path_bar["where"] == "not measured"
     # A memory phase cut short by the budget, or read only as RSS on a GPU run, does not pass.
     short = [_config("default", {}, _memory(0.0, clips=4000))]
-    assert not gpu.evaluate_bars(short, dry=False)[2]["passed"]
+    assert not gpu.evaluate_bars(short, dry=False)[3]["passed"]
     rss = [_config("default", {}, _memory(0.0, measure="rss_bytes"))]
-    assert not gpu.evaluate_bars(rss, dry=False)[2]["passed"]
-    assert gpu.evaluate_bars(rss, dry=True)[2]["passed"]
-    assert [b["passed"] for b in gpu.evaluate_bars([], dry=False)] == [False, False, False]
+    assert not gpu.evaluate_bars(rss, dry=False)[3]["passed"]
+    assert gpu.evaluate_bars(rss, dry=True)[3]["passed"]
+    assert [b["passed"] for b in gpu.evaluate_bars([], dry=False)] == [False] * 4
 
 
 def test_only_and_skip_select_configurations() -> None:
@@ -89,7 +116,7 @@ def test_only_and_skip_select_configurations() -> None:
 
 @pytest.mark.slow
 def test_dry_run_reports_every_section(tmp_path: Path) -> None:
-    """The whole benchmark on the CPU (about 100 s on 2 cores): every section has numbers,
+    """The whole benchmark on the CPU (about 110 s on 2 cores): every section has numbers,
     no request failed, and every bar was evaluated."""
     out = tmp_path / "gpu.json"
     paths = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
@@ -109,7 +136,15 @@ def test_dry_run_reports_every_section(tmp_path: Path) -> None:
     assert {c["model_key"] for c in configs} == {"default", "r2plus1d_18"}
     for c in configs:
         assert c["status"] == "ok", c.get("reason")
-        assert set(c["steps"]) == {"1", "2", "4"}, c.get("skipped_phases")
+        assert set(c["steps"]) == {"1", "1:path", "2", "4"}, c.get("skipped_phases")
+        # Latency at c=1 both ways: the clip uploaded, and named by its path (the server was
+        # allowed the clip folder); throughput uploads.
+        flag = c["serve_args"].index("--allow-path-root")
+        assert c["serve_args"][flag + 1] == str(tmp_path / "cache" / "clips")
+        inputs = {k: (s["input"], s["load"]) for k, s in c["steps"].items()}
+        assert inputs == {"1": ("bytes", 1), "1:path": ("path", 1), "2": ("bytes", 2),
+                          "4": ("bytes", 4)}  # fmt: skip
+        assert c["steps"]["1:path"]["payload_mb_s"] == 0 < c["steps"]["1"]["payload_mb_s"]
         for s in c["steps"].values():
             assert s["requests"] > 0 and s["ok"] == s["requests"] and not s["errors"]
             assert s["throughput_clips_s"] > 0
@@ -128,6 +163,14 @@ def test_dry_run_reports_every_section(tmp_path: Path) -> None:
         assert isinstance(m["growth"], float)
 
     bars = report["bars"]
-    assert len(bars) == 3 and all(isinstance(b["passed"], bool) for b in bars)
+    assert len(bars) == 4 and all(isinstance(b["passed"], bool) for b in bars)
     assert all(isinstance(b["value"], float) for b in bars)
-    assert sum(line.lstrip().startswith(("PASS", "FAIL")) for line in r.stdout.splitlines()) == 3
+    assert [b.get("input") for b in bars] == ["bytes", "path", None, None]
+    verdicts = [
+        ln.strip() for ln in r.stdout.splitlines() if ln.lstrip().startswith(("PASS", "FAIL"))
+    ]
+    assert len(verdicts) == 4
+    assert "concurrency 1, input bytes" in verdicts[0] and "input path" in verdicts[1]
+    # The printed table has an input column with both c=1 rows of every configuration.
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("stb1/", "r2plus1d_18"))]
+    assert sum("path" in row for row in rows) == len(configs)
