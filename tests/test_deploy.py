@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vidtag.server.app import VidtagServer
 from vidtag.server.background import running_server
 from vidtag.server.config import ServeConfig
+from vidtag.server.layers import ENV_PREFIX, FIELDS, build
 from vidtag.server.metrics import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,18 @@ def _stages(dockerfile: Path) -> dict[str, list[str]]:
     return stages
 
 
+def _image_env(stage: list[str]) -> dict[str, str]:
+    """The variables a stage's `ENV K=V ...` lines set (values without spaces)."""
+    env: dict[str, str] = {}
+    for line in stage:
+        if line.startswith("ENV "):
+            for item in line.split()[1:]:
+                key, sep, value = item.partition("=")
+                assert sep, f"ENV item without '=': {item!r} in {line!r}"
+                env[key] = value
+    return env
+
+
 @pytest.mark.parametrize(
     ("name", "base", "lock"),
     [
@@ -124,8 +137,24 @@ def test_dockerfile(name: str, base: str, lock: str) -> None:
     health = next(line for line in stages["runtime"] if line.startswith("HEALTHCHECK"))
     assert '"vidtag", "health"' in health
     assert 'ENTRYPOINT ["vidtag", "serve"]' in stages["runtime"]
+    # The settings the image serves with: its VIDTAG_* variables, read as `vidtag serve` reads
+    # them (layers.py; VIDTAG_MODELS is the repository's own variable), with no flag after them.
+    env = _image_env(stages["runtime"])
+    settings = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    assert {k[len(ENV_PREFIX) :].lower() for k in settings} - {"models"} <= FIELDS  # no typo
+    config = build({}, settings)
+    launch = [line for line in stages["runtime"] if line.startswith(("ENTRYPOINT", "CMD"))]
+    assert not any("--" in line for line in launch), launch  # nothing overrides the variables
+    assert (config.port, config.metrics_port) == (50051, 9464)
     if name == "Dockerfile.gpu":
         assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video" in runtime
+        # Serves on the GPU by default: torch runtime, NVDEC when PyNvVideoCodec imports.
+        assert env["VIDTAG_DEVICE"] == "cuda"
+        assert (config.device, config.resolved_runtime) == ("cuda", "torch")
+        assert config.decode_backend == "auto"
+    else:
+        assert "VIDTAG_DEVICE" not in env and config.device == "cpu"
+        assert config.resolved_runtime == "onnx"
 
 
 def test_dockerignore_keeps_only_what_the_images_copy() -> None:
