@@ -209,6 +209,71 @@ def test_warm_up_opens_one_session_per_nvdec_thread(clip_bytes: bytes) -> None:
     stage.shutdown()
 
 
+# `vidtag serve --device cuda --decode-backend nvdec` in a child process, with nvdec_fake as
+# PyNvVideoCodec and the device check passed: argv[1] is tests/, argv[2] how the warm-up fails.
+_SERVE_WITH_FAKE_NVDEC = """
+import functools, sys
+sys.path.insert(0, sys.argv.pop(1))
+from nvdec_fake import FakeNvc
+import vidtag.decode.nvdec_backend as nvdec_backend
+import vidtag.runtime.device as device
+device.require_device = lambda name: None  # as if torch saw a GPU
+if sys.argv.pop(1) == "decoder":
+    # NVDEC threads on the CPU (the fake), whose decoder fails on every packet.
+    class BrokenNvc(FakeNvc):
+        def CreateDecoder(self, **kwargs):
+            decoder = super().CreateDecoder(**kwargs)
+            def broken(packet):
+                raise RuntimeError("CUVID_ERROR_LAUNCH_FAILED\\n  decoder lost")
+            decoder.Decode = broken
+            return decoder
+    sys.modules["PyNvVideoCodec"] = BrokenNvc()
+    nvdec_backend.NvdecDecoderPool = functools.partial(
+        nvdec_backend.NvdecDecoderPool, device="cpu"
+    )
+else:
+    # PyNvVideoCodec imports, but torch sees no CUDA device to decode into.
+    sys.modules["PyNvVideoCodec"] = FakeNvc()
+from vidtag.cli import main
+sys.exit(main(["serve", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("fail", "error"),
+    [("device", "BackendUnavailable"), ("decoder", "InvalidVideo")],
+)
+def test_a_failed_nvdec_warm_up_ends_serve_in_one_line(fail: str, error: str) -> None:
+    """`vidtag serve` whose NVDEC warm-up raises exits 2 with one error line naming the
+    cause, as `--device cuda` without CUDA does: no traceback."""
+    import re
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    src = str(tests.parent / "src")
+    argv = ["--device", "cuda", "--decode-backend", "nvdec", "--nvdec-workers", "2"]
+    argv += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"]
+    r = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITH_FAKE_NVDEC, str(tests), fail, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "Traceback" not in out, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    # Only log lines (the server's INFO lines on its way down, and the error).
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", x) for x in lines), out
+    (line,) = [x for x in lines if " ERROR " in x]
+    assert "cannot serve: NVDEC warm-up on cuda failed (" + error in line, line
+    assert "--decode-backend pyav" in line
+    if fail == "decoder":  # the decoder's own message, on the same line
+        assert "CUVID_ERROR_LAUNCH_FAILED decoder lost" in line
+
+
 def test_the_server_imports_without_torch() -> None:
     """The CPU image has no torch: the server, its config and the GPU settings import and
     validate without it (torch loads only when the torch runtime or NVDEC is built)."""

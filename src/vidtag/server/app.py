@@ -54,6 +54,12 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class DecoderWarmupError(Exception):
+    """The NVDEC warm-up at start failed (no usable device or driver, a decoder that cannot
+    decode the warm-up clip, a warm-up that timed out): this server cannot serve its
+    configuration. The message is one line and names the original error."""
+
+
 def _limits(config: ServeConfig) -> DecodeLimits:
     # A video the transport accepted must not then fail the decoder's own size check.
     return DecodeLimits(max_bytes=max(config.max_receive_bytes, config.max_stream_bytes))
@@ -213,7 +219,14 @@ class VidtagServer:
         if self.nvdec is not None:
             from vidtag.runtime.tagger import _warmup_clip
 
-            await loop.run_in_executor(self.executor, self.nvdec.warm, _warmup_clip())
+            try:
+                await loop.run_in_executor(self.executor, self.nvdec.warm, _warmup_clip())
+            except Exception as exc:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+                raise DecoderWarmupError(
+                    f"NVDEC warm-up on {self.config.device} failed ({reason[:500]}); "
+                    "--decode-backend pyav decodes on the CPU instead"
+                ) from exc
         cfg = self.config
         model_dir = resolve_model(self._repository(), cfg.model_name, cfg.model_version)
         model = await loop.run_in_executor(self.executor, self._load_dir, model_dir)

@@ -350,10 +350,13 @@ def run_serve(args: argparse.Namespace) -> int:
     except BackendUnavailable as exc:
         logging.getLogger(__name__).error("cannot serve on --device %s: %s", config.device, exc)
         return 2
-    from vidtag.server.app import serve
+    from vidtag.server.app import DecoderWarmupError, serve
 
     try:
         serve(config)
+    except DecoderWarmupError as exc:  # like a missing device: this configuration cannot serve
+        logging.getLogger(__name__).error("cannot serve: %s", exc)
+        return 2
     except ModelError as exc:
         logging.getLogger(__name__).error("cannot load model: %s", exc)
         return 1
