@@ -7,13 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from media import encode_clip
 
 from vidtag.decode import DecodedClip, SamplingSpec, sample_frames
+from vidtag.nets import create_model
+from vidtag.runtime.artifact import load_meta
 from vidtag.synth.generate import clip_spec, make_clip
 from vidtag.synth.render import Renderer
 from vidtag.train.config import TrainConfig
-from vidtag.train.rendered import JITTER, RenderedStream, render_clip, render_frames, sample_times
+from vidtag.train.export import export_artifact
+from vidtag.train.rendered import (
+    JITTER,
+    OBJECTS,
+    RenderedStream,
+    render_clip,
+    render_frames,
+    sample_times,
+)
 from vidtag.train.trainer import train
 
 # A short small clip keeps the encode cheap (overrides as `vidtag synth` takes them).
@@ -24,8 +35,8 @@ SMALL = {
 
 
 def test_a_rendered_clip_is_deterministic_and_carries_its_tags() -> None:
-    a, tags = render_clip((5, 3, 4, 32, 24))
-    b, _ = render_clip((5, 3, 4, 32, 24))
+    a, tags, _ = render_clip((5, 3, 4, 32, 24, None))
+    b, _, _ = render_clip((5, 3, 4, 32, 24, None))
     assert a.shape == (4, 32, 24, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert tags == clip_spec("train", 5, 3, None).tags and a.std() > 5
@@ -62,11 +73,11 @@ def test_rendered_frames_are_what_the_decoder_returns_for_the_encoded_clip(
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_stream_renders_its_indices_in_order(workers: int) -> None:
     with RenderedStream(9, 2, 16, 12, workers=workers, start=1, step=2, ahead=3) as stream:
-        first, tags1 = stream.take(2)
-        second, _ = stream.take(1)
+        first, tags1, _ = stream.take(2)
+        second, _, _ = stream.take(1)
         assert stream.rendered == 3
     for got, index in ((first[0], 1), (first[1], 3), (second[0], 5)):
-        np.testing.assert_array_equal(got, render_clip((9, index, 2, 16, 12))[0])
+        np.testing.assert_array_equal(got, render_clip((9, index, 2, 16, 12, None))[0])
     assert tags1[1] == clip_spec("train", 9, 3, None).tags
 
 
@@ -88,3 +99,53 @@ def test_training_mixes_fresh_rendered_clips_into_every_epoch(tmp_path: Path) ->
     assert [h["rendered"] for h in hist] == [4, 8]
     with pytest.raises(ValueError, match="render_per_epoch"):
         TrainConfig(train_manifest="m", val_manifest=None, out_dir="o", render_per_epoch=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_masks_come_with_the_clips_and_cover_only_their_objects(workers: int) -> None:
+    with RenderedStream(9, 3, 32, 24, workers=workers, grid=(6, 8)) as stream:
+        clips, tags, masks = stream.take(4)
+    assert masks is not None and masks.shape == (4, 3, len(OBJECTS), 8, 6)
+    assert masks.dtype == np.uint8 and clips.shape == (4, 3, 32, 24, 3)
+    for m, t in zip(masks, tags, strict=True):
+        drawn = {OBJECTS[k] for k in range(len(OBJECTS)) if m[:, k].any()}
+        assert drawn and drawn <= set(t)  # blinking ones may be hidden in every sampled frame
+    with RenderedStream(9, 3, 32, 24, workers=0) as plain:
+        assert plain.take(1)[2] is None
+
+
+def test_the_object_map_head_trains_on_rendered_clips_and_stays_out_of_the_artifact(
+    tmp_path: Path,
+) -> None:
+    rows = []
+    for i in range(4):
+        p = encode_clip(tmp_path / f"c{i}.mp4", width=48, height=64, seconds=1.0, fps=8, gop=8)
+        rows.append({"path": p.name, "tags": ["star", "grid", "rotate"]})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(
+        train_manifest=str(manifest), val_manifest=None, arch="x2plus1d_xs", frames=2,
+        height=32, width=24, epochs=1, batch_size=2, workers=1, progress=False,
+        val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
+    )  # fmt: skip
+    best = train(TrainConfig(out_dir=str(tmp_path / "run"), **kw))  # type: ignore[arg-type]
+    state = torch.load(best, weights_only=False)
+    assert any("aux_head." in k for k in state["model"])
+    art = export_artifact(tmp_path / "models", name="aux", version="1", checkpoint=best)
+    assert load_meta(art).provenance["onnx_parity_max_abs_diff"] < 1e-3
+    with pytest.raises(ValueError, match="object-map head"):
+        train(TrainConfig(out_dir=str(tmp_path / "r2"), **{**kw, "arch": "mfnet3d"}))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="render_per_epoch"):
+        TrainConfig(train_manifest="m", val_manifest=None, out_dir="o", aux_masks=1.0)
+
+
+def test_forward_aux_adds_maps_and_keeps_the_served_outputs() -> None:
+    for arch in ("x2plus1d_s", "x2plus1d_m"):
+        net = create_model(arch, num_classes=22, aux=len(OBJECTS)).eval()
+        x = torch.randn(2, 3, 4, 64, 48)
+        logits, emb, maps = net.forward_aux(x)
+        served = net(x)
+        assert maps.shape == (2, len(OBJECTS), 4, 16, 12)
+        assert torch.allclose(logits, served[0], atol=1e-5) and torch.allclose(emb, served[1])
+    with pytest.raises(ValueError, match="aux"):
+        create_model("x2plus1d_xs", num_classes=22).forward_aux(x)

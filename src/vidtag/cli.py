@@ -79,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         render_per_epoch=args.render_per_epoch,
         render_seed=args.render_seed,
         render_workers=args.render_workers,
+        aux_masks=args.aux_masks,
     )
     print(train(cfg))
     return 0
@@ -254,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(never encoded, each used once)",
     )
     p.add_argument("--render-seed", type=int, default=1000, help="synth seed of rendered clips")
+    p.add_argument(
+        "--aux-masks",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of a dense object-mask loss on the rendered clips (x2plus1d networks)",
+    )
     p.add_argument(
         "--render-workers",
         type=int,

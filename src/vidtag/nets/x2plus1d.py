@@ -61,6 +61,7 @@ class X2Plus1D(nn.Module):
         pool: str = "avgmax",
         strides: tuple[int, ...] = (2, 2, 2, 2),
         convs: tuple[int, ...] = (1, 1, 1, 1),
+        aux: int = 0,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -85,9 +86,41 @@ class X2Plus1D(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embedding, num_classes)
         self.embedding_size = embedding
+        # Training only: per-frame maps of `aux` object kinds at stride 4, read from the first
+        # stage that reaches it, supervised with the renderer's object masks (`forward_aux`).
+        # `forward` (what is exported) never runs it.
+        stride, self.aux_after = 2, 0
+        while stride < 4 and self.aux_after < len(strides):
+            stride *= strides[self.aux_after]
+            self.aux_after += 1
+        self.aux_stride = stride
+        self.aux_head: nn.Module | None = None
+        if aux:
+            c = widths[self.aux_after]
+            self.aux_head = nn.Sequential(
+                nn.Conv3d(c, 32, (1, 3, 3), 1, (0, 1, 1)),
+                nn.ReLU(inplace=True),
+                nn.Conv3d(32, aux, 1),
+            )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.project(self.stages(self.stem(x)))
+        return self._head(self.stages(self.stem(x)))
+
+    def forward_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, embedding, object maps (N, aux, T, H / stride, W / stride) logits)."""
+        if self.aux_head is None:
+            raise ValueError("built without an aux head (aux=0)")
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            if i == self.aux_after:
+                maps = self.aux_head(x)
+            x = stage(x)
+        if self.aux_after == len(self.stages):
+            maps = self.aux_head(x)
+        return (*self._head(x), maps)
+
+    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.project(x)
         emb = x.mean(dim=(2, 3, 4))
         if self.pool == "avgmax":
             emb = self.embed(torch.cat([emb, x.amax(dim=(2, 3, 4))], dim=1))

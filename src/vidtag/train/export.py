@@ -93,7 +93,8 @@ def export_artifact(
         cfg = state["config"]
         arch = state["arch"]
         model = create_model(arch, num_classes=len(state["tags"]))
-        model.load_state_dict(state["model"])
+        # The object-map head of --aux-masks runs only in training: not part of the artifact.
+        model.load_state_dict({k: v for k, v in state["model"].items() if "aux_head." not in k})
         input_spec = input_spec or InputSpec(cfg["frames"], cfg["height"], cfg["width"], MEAN, STD)
         thresholds = thresholds or state["thresholds"]
         group_limits = group_limits or state.get("group_limits")

@@ -8,7 +8,9 @@ does. Each clip is used once (an endless stream of spec indices), so nothing can
 compression artefacts are what it lacks, so training mixes it with the encoded clips.
 
 Frame times imitate what the `fast` sampler returns: the centre of each of T equal segments,
-moved by up to 0.4 of a segment (where the keyframes happen to be).
+moved by up to 0.4 of a segment (where the keyframes happen to be). With a mask grid, each clip
+also comes with its object masks: per frame and object kind, the fraction of each grid cell the
+instances cover (uint8, 255 = covered), what `--aux-masks` trains a dense object head on.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from PIL import Image
 
 from vidtag.synth.generate import clip_spec
 from vidtag.synth.render import Renderer
+from vidtag.tags import TAG_GROUPS
 
 JITTER = 0.4  # of a segment: how far a returned frame may sit from its segment's centre
+OBJECTS: tuple[str, ...] = tuple(TAG_GROUPS["object"])
+Job = tuple[int, int, int, int, int, tuple[int, int] | None]
+Rendered = tuple[np.ndarray, tuple[str, ...], np.ndarray | None]
 
 
 def sample_times(duration: float, frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -33,14 +39,20 @@ def sample_times(duration: float, frames: int, rng: np.random.Generator) -> np.n
     return np.sort(np.clip(t, 0.0, duration))
 
 
-def render_clip(job: tuple[int, int, int, int, int]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Clip `index` of the STB-1 train split with seed `seed`, as (T, H, W, 3) uint8 frames
-    at the input size, and its tags."""
-    seed, index, frames, height, width = job
+def render_clip(job: Job) -> Rendered:
+    """Clip `index` of the STB-1 train split with seed `seed`: (T, H, W, 3) uint8 frames at the
+    input size, its tags, and with a `grid` (w, h) its (T, len(OBJECTS), h, w) uint8 masks."""
+    seed, index, frames, height, width, grid = job
     spec = clip_spec("train", seed, index, None)
     rng = np.random.default_rng([seed, index, 7])
     times = sample_times(spec.encoding.duration, frames, rng)
-    return render_frames(Renderer(spec), times, height, width), spec.tags
+    renderer = Renderer(spec)
+    masks = None
+    if grid is not None:
+        shown = [renderer.frame_at(float(t)) for t in times]
+        cover = np.stack([renderer.object_masks(i, OBJECTS, grid) for i in shown])
+        masks = np.rint(cover * 255).astype(np.uint8)
+    return render_frames(renderer, times, height, width), spec.tags, masks
 
 
 def render_frames(renderer: Renderer, times: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -55,7 +67,7 @@ def render_frames(renderer: Renderer, times: np.ndarray, height: int, width: int
 class RenderedStream:
     """Clips `start`, `start + step`, ... of the train split with `seed`, rendered ahead of
     use by `workers` spawned processes (at most `ahead` clips waiting); `take(n)` returns the
-    next n in order. `workers=0` renders in the calling process."""
+    next n in order. `workers=0` renders in the calling process. `grid` (w, h): masks too."""
 
     def __init__(
         self,
@@ -67,8 +79,10 @@ class RenderedStream:
         start: int = 0,
         step: int = 1,
         ahead: int = 64,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         self._job = (seed, frames, height, width)
+        self._grid = grid
         self._next, self._step = start, step
         self._ahead = max(1, ahead)
         self._pool: Any = mp.get_context("spawn").Pool(workers) if workers > 0 else None
@@ -76,28 +90,32 @@ class RenderedStream:
         self.rendered = 0
 
     def _submit(self) -> None:
-        seed, frames, height, width = self._job
-        job = (seed, self._next, frames, height, width)
-        self._next += self._step
-        self._pending.append(self._pool.apply_async(render_clip, (job,)))
+        self._pending.append(self._pool.apply_async(render_clip, (self._next_job(),)))
 
-    def take(self, n: int) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        """(n, T, H, W, 3) uint8 frames and their tag tuples."""
-        clips: list[np.ndarray] = []
-        tags: list[tuple[str, ...]] = []
+    def _next_job(self) -> Job:
+        seed, frames, height, width = self._job
+        job = (seed, self._next, frames, height, width, self._grid)
+        self._next += self._step
+        return job
+
+    def take(self, n: int) -> tuple[np.ndarray, list[tuple[str, ...]], np.ndarray | None]:
+        """(n, T, H, W, 3) uint8 frames, their tag tuples, and (n, T, K, h, w) uint8 masks
+        (None without a grid)."""
+        got: list[Rendered] = []
         for _ in range(n):
             if self._pool is None:
-                seed, frames, height, width = self._job
-                arr, t = render_clip((seed, self._next, frames, height, width))
-                self._next += self._step
+                got.append(render_clip(self._next_job()))
             else:
                 while len(self._pending) < self._ahead:
                     self._submit()
-                arr, t = self._pending.popleft().get()
-            clips.append(arr)
-            tags.append(t)
+                got.append(self._pending.popleft().get())
         self.rendered += n
-        return np.stack(clips), tags
+        masks = [m for _, _, m in got if m is not None]
+        return (
+            np.stack([f for f, _, _ in got]),
+            [t for _, t, _ in got],
+            np.stack(masks) if masks else None,
+        )
 
     def close(self) -> None:
         if self._pool is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -36,7 +37,7 @@ from vidtag.train.cache import build_cache
 from vidtag.train.config import TrainConfig
 from vidtag.train.manifest import Clip, multi_hot
 from vidtag.train.metrics import calibrate_thresholds, evaluate_predictions
-from vidtag.train.rendered import RenderedStream
+from vidtag.train.rendered import OBJECTS, RenderedStream
 
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.25, 0.25, 0.25)
@@ -107,9 +108,13 @@ def _rendered_stream(cfg: TrainConfig, rank: int, world: int, first: int) -> Ren
     workers = cfg.render_workers
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) - 1)
+    grid = None
+    if cfg.aux_masks > 0:
+        stride = 4  # the object maps' stride (X2Plus1D.aux_stride)
+        grid = (cfg.width // stride, cfg.height // stride)
     return RenderedStream(
         cfg.render_seed, cfg.frames, cfg.height, cfg.width, workers,
-        start=first + rank, step=world, ahead=4 * cfg.batch_size,
+        start=first + rank, step=world, ahead=4 * cfg.batch_size, grid=grid,
     )  # fmt: skip
 
 
@@ -123,17 +128,47 @@ def lr_factor(progress: float, warmup: float) -> float:
     return hi + (lo - hi) * (1 + math.cos(math.pi * u)) / 2
 
 
+AUX_POS_WEIGHT = 10.0  # objects cover a few percent of the cells
+
+
+def build_net(cfg: TrainConfig) -> torch.nn.Module:
+    """The configured network; with `aux_masks`, also its training-only object-map head."""
+    if cfg.aux_masks <= 0:
+        return create_model(cfg.arch, num_classes=len(TAGS))
+    try:
+        net = create_model(cfg.arch, num_classes=len(TAGS), aux=len(OBJECTS))
+    except TypeError:  # a builder without the aux option
+        net = None
+    if net is None or not hasattr(net, "forward_aux"):
+        raise ValueError(f"--aux-masks needs a network with an object-map head, not {cfg.arch}")
+    return net
+
+
 class _Objective(torch.nn.Module):
     """Network + head as one module, so DDP synchronises the head's parameters too."""
 
-    def __init__(self, net: torch.nn.Module, head: MultiLabelHead) -> None:
+    def __init__(self, net: torch.nn.Module, head: MultiLabelHead, aux_weight: float = 0) -> None:
         super().__init__()
-        self.net, self.head = net, head
+        self.net, self.head, self.aux_weight = net, head, aux_weight
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, amp: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, amp: bool, masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The head's loss; with `masks` ((N, T, K, h, w) uint8 coverage), plus the weighted
+        per-cell BCE of the network's object maps."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits, emb = self.net(x)
-        return self.head.loss(logits.float(), emb.float(), y)
+            if masks is None:
+                logits, emb = self.net(x)
+            else:
+                net: Any = self.net  # an X2Plus1D built with aux (build_net checked)
+                logits, emb, maps = net.forward_aux(x)
+        loss = self.head.loss(logits.float(), emb.float(), y)
+        if masks is None:
+            return loss
+        target = masks.permute(0, 2, 1, 3, 4).float() / 255.0  # (N, K, T, h, w), as the maps
+        pos = torch.tensor(AUX_POS_WEIGHT, device=x.device)
+        aux = F.binary_cross_entropy_with_logits(maps.float(), target, pos_weight=pos)
+        return loss + self.aux_weight * aux
 
 
 def build_head(name: str, net: torch.nn.Module) -> MultiLabelHead:
@@ -262,10 +297,14 @@ def train(cfg: TrainConfig) -> Path:
     y_tr_dev = torch.from_numpy(data.y_train).to(device)
 
     limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
-    net = create_model(cfg.arch, num_classes=len(TAGS)).to(device)
+    net = build_net(cfg).to(device)
     head = build_head(cfg.loss, net).to(device)
-    objective = _Objective(net, head)
-    model: torch.nn.Module = DDP(objective) if world > 1 else objective
+    objective = _Objective(net, head, cfg.aux_masks)
+    # The object-map head idles on encoded batches: DDP must not wait for its gradients.
+    unused = cfg.aux_masks > 0
+    model: torch.nn.Module = (
+        DDP(objective, find_unused_parameters=unused) if world > 1 else objective
+    )
     augmenter = BatchAugmenter(TAGS, device)
     opt = torch.optim.AdamW(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Rendered batches per epoch (each rank renders its own share of every global step).
@@ -325,23 +364,28 @@ def train(cfg: TrainConfig) -> Path:
                         break
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * lr_factor(progress(), cfg.warmup)
+                masks = None
                 if idx is None:
                     assert stream is not None
-                    clips, tags = stream.take(cfg.batch_size)
-                    raw = torch.from_numpy(clips).to(device)
-                    labels = torch.from_numpy(tag_matrix(tags)).to(device)
+                    clips, tags, got = stream.take(cfg.batch_size)
+                    frames = torch.from_numpy(clips).to(device)
+                    y = torch.from_numpy(tag_matrix(tags)).to(device)
+                    if got is not None:  # fresh clips: no augmentation, masks stay aligned
+                        masks = torch.from_numpy(got).to(device)
+                    else:
+                        frames, y = augmenter.random(frames, y, gen)
                 else:
-                    raw = data.train.take(idx)
-                    labels = y_tr_dev[torch.from_numpy(idx).to(device)]
-                frames, y = augmenter.random(raw, labels, gen)
+                    frames, y = augmenter.random(
+                        data.train.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)], gen
+                    )
                 x = normalise(frames, ispec.mean, ispec.std)
-                if cfg.augment == "full":
+                if cfg.augment == "full" and masks is None:
                     x = jitter(x, gen)
                 sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
                 if isinstance(model, DDP) and not last_micro:
                     sync = model.no_sync()
                 with sync:
-                    loss = model(x, y, use_amp)
+                    loss = model(x, y, use_amp, masks)
                     (loss / cfg.accumulate).backward()
                 if last_micro:
                     opt.step()
@@ -440,7 +484,7 @@ def evaluate_epoch(out_dir: str | Path, epoch: int) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist (saved: {have or 'none'})")
     state = torch.load(path, weights_only=False, map_location="cpu")
     cfg = TrainConfig(**state["config"])
-    net = create_model(cfg.arch, num_classes=len(TAGS))
+    net = build_net(cfg)
     net.load_state_dict(state["model"])
     head = build_head(cfg.loss, net)
     head.load_state_dict(state["head"])
