@@ -11,9 +11,10 @@
 # RENDER > 0 adds that many fresh rendered (never encoded) clips to every epoch, drawn by
 # RENDER_WORKERS processes (`vidtag train --render-per-epoch`): the cores not encoding render,
 # so the network sees far more distinct clips than the encoder can make (it memorises those).
+# AUX > 0 (with RENDER) weighs a dense object-mask loss on the rendered clips (`--aux-masks`).
 # Knobs (environment): N_TRAIN (upper bound; SYNTH_S decides) SEED_TRAIN SYNTH_S STAGES END_BY
 # RESERVE ARCH NAME VERSION BATCH LR AUGMENT DEVICE WORK RESULTS SYNTH_WORKERS RENDER
-# RENDER_SEED RENDER_WORKERS PY.
+# RENDER_SEED RENDER_WORKERS AUX PY.
 # The packed results unpack into $WORK/models/$NAME/$VERSION plus the runs' histories and logs.
 set -euo pipefail
 
@@ -36,6 +37,7 @@ PY=${PY:-python3}
 CORES=$(nproc)
 RENDER=${RENDER:-0}
 RENDER_SEED=${RENDER_SEED:-1000}
+AUX=${AUX:-0}
 # leave two cores to the trainer, whose Python loop launches the GPU kernels; with RENDER, half
 # of the others encode while synthesis runs, and all of them render after it
 FREE=$((CORES > 3 ? CORES - 2 : 1))
@@ -76,6 +78,7 @@ train() {
         --out "$1" --arch "$ARCH" --device "$DEVICE" --time-budget "$3" --epochs 100000 \
         --batch-size "$BATCH" --lr "$LR" --augment "$AUGMENT" --threads 2 --no-keep-epochs \
         --render-per-epoch "$RENDER" --render-seed $((RENDER_SEED + runs)) --render-workers "$rw" \
+        --aux-masks "$AUX" \
         ${4:+--init "$4"} --quiet >"$1/train.log" 2>&1
     tail -n 2 "$1/train.log" | head -n 1 | cut -c 1-400
 }
