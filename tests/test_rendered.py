@@ -81,13 +81,19 @@ def test_the_stream_renders_its_indices_in_order(workers: int) -> None:
     assert tags1[1] == clip_spec("train", 9, 3, None).tags
 
 
-def test_training_mixes_fresh_rendered_clips_into_every_epoch(tmp_path: Path) -> None:
+def _manifest(folder: Path, tags: list[str]) -> Path:
+    """Four tiny encoded clips, all labelled `tags`."""
     rows = []
     for i in range(4):
-        p = encode_clip(tmp_path / f"c{i}.mp4", width=48, height=64, seconds=1.0, fps=8, gop=8)
-        rows.append({"path": p.name, "tags": ["circle", "plain", "blink"]})
-    manifest = tmp_path / "manifest.jsonl"
+        p = encode_clip(folder / f"c{i}.mp4", width=48, height=64, seconds=1.0, fps=8, gop=8)
+        rows.append({"path": p.name, "tags": tags})
+    manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def test_training_mixes_fresh_rendered_clips_into_every_epoch(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, ["circle", "plain", "blink"])
     cfg = TrainConfig(
         train_manifest=str(manifest), val_manifest=None, out_dir=str(tmp_path / "run"),
         arch="x2plus1d_xs", frames=2, height=32, width=24, epochs=2, batch_size=2, workers=1,
@@ -117,12 +123,7 @@ def test_masks_come_with_the_clips_and_cover_only_their_objects(workers: int) ->
 def test_the_object_map_head_trains_on_rendered_clips_and_stays_out_of_the_artifact(
     tmp_path: Path,
 ) -> None:
-    rows = []
-    for i in range(4):
-        p = encode_clip(tmp_path / f"c{i}.mp4", width=48, height=64, seconds=1.0, fps=8, gop=8)
-        rows.append({"path": p.name, "tags": ["star", "grid", "rotate"]})
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = _manifest(tmp_path, ["star", "grid", "rotate"])
     kw = dict(
         train_manifest=str(manifest), val_manifest=None, arch="x2plus1d_xs", frames=2,
         height=32, width=24, epochs=1, batch_size=2, workers=1, progress=False,

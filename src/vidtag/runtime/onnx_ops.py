@@ -163,6 +163,13 @@ def _gemm(a: dict[str, Any]) -> OpFn:
 # -- pooling and reductions ------------------------------------------------------------------
 
 
+def _window(a: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    """A pooling node's (kernel, strides, leading pads), one entry per spatial axis."""
+    k = list(a["kernel_shape"])
+    n = len(k)
+    return k, _spatial(a, "strides", n, 1), _spatial(a, "pads", 2 * n, 0)[:n]
+
+
 @op(
     "MaxPool",
     inputs=(1, 1),
@@ -178,12 +185,9 @@ def _gemm(a: dict[str, Any]) -> OpFn:
     },
 )
 def _max_pool(a: dict[str, Any]) -> OpFn:
-    k = list(a["kernel_shape"])
-    n = len(k)
-    pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
-    stride = _spatial(a, "strides", n, 1)
-    padding = _spatial(a, "pads", 2 * n, 0)[:n]
-    dilation = _spatial(a, "dilations", n, 1)
+    k, stride, padding = _window(a)
+    pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(k) - 1]
+    dilation = _spatial(a, "dilations", len(k), 1)
     ceil = bool(a["ceil_mode"])
     return lambda x: pool(x, k, stride, padding, dilation, ceil)
 
@@ -204,11 +208,8 @@ def _max_pool(a: dict[str, Any]) -> OpFn:
     },
 )
 def _avg_pool(a: dict[str, Any]) -> OpFn:
-    k = list(a["kernel_shape"])
-    n = len(k)
-    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
-    stride = _spatial(a, "strides", n, 1)
-    padding = _spatial(a, "pads", 2 * n, 0)[:n]
+    k, stride, padding = _window(a)
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(k) - 1]
     include = bool(a["count_include_pad"])
     return lambda x: pool(x, k, stride, padding, False, include)
 
