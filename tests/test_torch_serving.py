@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -91,3 +92,42 @@ def test_health_errors_and_metrics_as_on_the_default_path(
     }
     assert counts[ok] >= 1 and counts[bad] >= 1
     assert 'vidtag_stage_seconds_count{stage="inference"}' in text
+
+
+def test_the_torch_runtime_gets_uint8_frames_from_the_workers(h264_clip: Path) -> None:
+    """With a torch device, decode workers send frames (uint8), not the float32 input, and the
+    input is normalised on that device exactly as the workers would have."""
+    import asyncio
+
+    import torch
+
+    from vidtag.decode import DecodeLimits, sample_frames
+    from vidtag.decode.result import DecodedClip
+    from vidtag.runtime.preprocess import preprocess
+    from vidtag.server.decode_pool import DecodedResult
+    from vidtag.server.pipeline import pool_decode_stage
+
+    tagger = Tagger(resolve_model(default_repository(), "stb1"))
+    clip = sample_frames(h264_clip, tagger.spec)
+    asked = []
+
+    class Pool:
+        busy = pending = 0
+
+        async def decode(self, data: bytes, spec: Any, limits: Any, input_spec: Any,
+                         deadline: Any) -> DecodedResult:  # fmt: skip
+            asked.append(input_spec)
+            return DecodedResult(
+                clip, None if input_spec is None else preprocess(clip.frames, input_spec)
+            )
+
+    model = type("M", (), {"tagger": tagger, "meta": tagger.meta})()
+    got: tuple[DecodedClip, Any, float] = asyncio.run(
+        pool_decode_stage(Pool(), DecodeLimits(), "cpu")(b"", model, None)  # type: ignore[arg-type]
+    )
+    assert asked == [None] and isinstance(got[1], torch.Tensor) and got[1].dtype == torch.float32
+    np.testing.assert_allclose(
+        got[1].numpy(), preprocess(clip.frames, tagger.meta.input), atol=1e-6
+    )
+    asyncio.run(pool_decode_stage(Pool(), DecodeLimits())(b"", model, None))  # type: ignore[arg-type]
+    assert asked[1] is tagger.meta.input  # the ONNX path still preprocesses in the workers

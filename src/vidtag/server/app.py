@@ -116,7 +116,8 @@ class VidtagServer:
                         task_timeout_s=2 * _limits(config).max_decode_s,
                     )
                 )
-                stage = pool_decode_stage(self.decode_pool, _limits(config))
+                torch_device = config.device if config.resolved_runtime == "torch" else None
+                stage = pool_decode_stage(self.decode_pool, _limits(config), torch_device)
             else:
                 stage = thread_decode_stage(self.executor)
         if self.decode_backend in ("nvdec", "hybrid"):

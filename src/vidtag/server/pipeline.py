@@ -19,8 +19,9 @@ import grpc
 import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits
+from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.onnx_backend import OnnxBackend
-from vidtag.runtime.preprocess import preprocess
+from vidtag.runtime.preprocess import preprocess, preprocess_tensor
 from vidtag.runtime.tagger import Tagger
 from vidtag.server.batcher import BatcherConfig, DynamicBatcher
 from vidtag.server.decode_pool import DecodePool
@@ -135,15 +136,35 @@ def thread_decode_stage(executor: Executor) -> DecodeStage:
     return stage
 
 
-def pool_decode_stage(pool: DecodePool, limits: DecodeLimits) -> DecodeStage:
-    """Decode and preprocess in the pool's worker processes (a crash fails one request only)."""
+def pool_decode_stage(
+    pool: DecodePool, limits: DecodeLimits, device: str | None = None
+) -> DecodeStage:
+    """Decode in the pool's worker processes (a crash fails one request only) and preprocess
+    there; with a torch `device`, the workers send the uint8 frames (a quarter of the float32
+    input's bytes through the pipe) and they are normalised on that device here."""
 
     async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
         spec = model.tagger.spec
         if pool.busy or pool.pending:  # under load the cores are taken: one decoder per clip
             spec = replace(spec, threads=1)
-        res = await pool.decode(video, spec, limits, model.meta.input, deadline)
-        assert res.input is not None
-        return res.clip, res.input, res.clip.seconds
+        if device is None:
+            res = await pool.decode(video, spec, limits, model.meta.input, deadline)
+            assert res.input is not None
+            return res.clip, res.input, res.clip.seconds
+        res = await pool.decode(video, spec, limits, None, deadline)
+        return (
+            res.clip,
+            frames_on_device(res.clip.frames, model.meta.input, device),
+            res.clip.seconds,
+        )
 
     return stage
+
+
+def frames_on_device(frames: np.ndarray, spec: InputSpec, device: str) -> Any:
+    """(T, H, W, 3) uint8 frames -> the (3, T, H, W) float32 input as a tensor on `device`,
+    normalised there (`preprocess_tensor`: the host definition)."""
+    import torch
+
+    x = torch.from_numpy(frames).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return preprocess_tensor(x, spec)
