@@ -17,13 +17,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vidtag.nets import create_model
 from vidtag.runtime.decision import DecisionRule
 from vidtag.tags import TAG_GROUPS, TAGS
 from vidtag.train.config import TrainConfig
-from vidtag.train.metrics import evaluate_predictions
+from vidtag.train.manifest import multi_hot, read_manifest
+from vidtag.train.metrics import evaluate_predictions, frequency_prior
 from vidtag.train.trainer import (
     FrameSource,
     _cached,
@@ -93,6 +95,22 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
     }
 
 
+def prior_row(args: argparse.Namespace) -> dict[str, float | str]:
+    """The frequency-prior baseline every row must beat: the same tags for every test clip
+    (`frequency_prior` of the train labels), ranked by their training frequency."""
+    train_y = multi_hot(read_manifest(args.train), TAGS)
+    test_y = multi_hot(read_manifest(args.test), TAGS).astype(bool)
+    freq, chosen = frequency_prior(train_y)
+    n = len(test_y)
+    m = evaluate_predictions(
+        np.broadcast_to(freq, test_y.shape), np.broadcast_to(chosen, test_y.shape), test_y,
+        TAGS, TAG_GROUPS,
+    )  # fmt: skip
+    print(f"frequency prior: {[t for t, c in zip(TAGS, chosen, strict=True) if c]} for all {n}")
+    return {"arch": "prior", "head": "-", "epochs": 0.0, "best_epoch": 0.0, "train_s": 0.0,
+            "params_M": 0.0, **{k: float(v) for k, v in m.items()}}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train", required=True, help="STB-1 train manifest")
@@ -106,7 +124,7 @@ def main() -> None:
     p.add_argument("--work", default="build/zoo")
     p.add_argument("--json", default="build/zoo/report.json")
     args = p.parse_args()
-    rows = []
+    rows = [prior_row(args)]
     for pair in args.pairs.split(","):
         arch, head = pair.split(":")
         rows.append(run_pair(arch, head, args))

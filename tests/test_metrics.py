@@ -8,6 +8,7 @@ from vidtag.train.metrics import (
     average_precision,
     calibrate_thresholds,
     evaluate_predictions,
+    frequency_prior,
     jaccard,
 )
 
@@ -45,3 +46,20 @@ def test_calibration_finds_separating_threshold() -> None:
     true = np.array([[0], [0], [1], [1]], bool)
     th = calibrate_thresholds(scores, true)[0]
     assert 0.3 < th <= 0.6
+
+
+def test_the_frequency_prior_is_the_best_constant_set_it_can_grow() -> None:
+    rng = np.random.default_rng(0)
+    y = np.zeros((400, 6), dtype=bool)
+    y[:, 0] = True  # always present
+    y[:, 1] = rng.random(400) < 0.7
+    y[:, 2:] = rng.random((400, 4)) < 0.1
+    freq, chosen = frequency_prior(y)
+    assert np.allclose(freq, y.mean(0)) and chosen[0] and chosen[1] and not chosen[2:].any()
+
+    def mean_j(s: np.ndarray) -> float:
+        return float(jaccard(np.broadcast_to(s, y.shape), y).mean())
+
+    for k in range(6):  # no single tag, nor the chosen set plus one more, does better
+        one = np.eye(6, dtype=bool)[k]
+        assert mean_j(chosen) >= mean_j(one) and mean_j(chosen) >= mean_j(chosen | one)
