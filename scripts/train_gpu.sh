@@ -21,7 +21,7 @@ set -euo pipefail
 N_TRAIN=${N_TRAIN:-6000}
 SEED_TRAIN=${SEED_TRAIN:-1}
 SYNTH_S=${SYNTH_S:-300}
-STAGES=${STAGES:-"90 200"}
+STAGES=${STAGES-"90 200"} # set but empty: one stage
 END_BY=${END_BY:-540}
 RESERVE=${RESERVE:-45}
 ARCH=${ARCH:-x2plus1d_m}
