@@ -75,8 +75,10 @@ def test_every_knob_has_a_documented_flag() -> None:
         assert "default" in helps[dest], dest
 
 
-def test_decode_threads_default_to_the_cores_up_to_eight(monkeypatch: pytest.MonkeyPatch) -> None:
-    for cores, want in ((2, 2), (16, 8), (None, 1)):
+def test_decode_threads_default_to_twice_the_cores_up_to_eight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for cores, want in ((2, 4), (3, 6), (16, 8), (None, 2)):
         monkeypatch.setattr("os.cpu_count", lambda c=cores: c)
         assert ServeConfig().resolved_decode_threads == want
     assert ServeConfig(decode_threads=3).resolved_decode_threads == 3

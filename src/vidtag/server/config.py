@@ -52,8 +52,10 @@ class ServeConfig:
     # Intra-op threads of the inference runtime; None = the runtime's own choice.
     inference_threads: int | None = None
     # Decoders sharing one clip's GOPs when the decoders are idle (under load: 1 per clip).
-    # None = min(8, cores): measured on 16 cores, 8 halves the time of 2 and 16 adds nothing
-    # (8 keyframes); FFmpeg's own threading does not speed up independent keyframes at all.
+    # None = min(8, 2 x cores): on 16 cores 8 halves the time of 2 and 16 adds nothing
+    # (8 keyframes); on 2 cores 4 beat 2 (median 58.5 vs 67.0 ms, 30 s 540x960 GOP 4 s;
+    # 25.4 vs 30.3 ms over STB-1 test clips): the spare threads absorb uneven GOPs. FFmpeg's
+    # own threading does not speed up independent keyframes at all.
     decode_threads: int | None = None
     # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
     max_concurrent_rpcs: int | None = None
@@ -109,7 +111,7 @@ class ServeConfig:
 
     @property
     def resolved_decode_threads(self) -> int:
-        return self.decode_threads or max(1, min(8, os.cpu_count() or 1))
+        return self.decode_threads or min(8, 2 * (os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
         # Given as any sequence of str or Path (a config file's list): stored as Paths.
