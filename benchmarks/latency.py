@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="clip duration")
     ap.add_argument("--models", default=str(default_repository()))
     ap.add_argument("--clip", help="use this clip instead of generating one")
+    ap.add_argument(
+        "--decode-threads", type=int, help="decoders per clip while idle (server default if unset)"
+    )
     args = ap.parse_args()
 
     repo = Path(args.models)
@@ -60,7 +63,12 @@ def main() -> None:
         clip = Path(args.clip) if args.clip else _clip(Path(tmp), args.seconds)
         data = clip.read_bytes()
         config = ServeConfig(
-            host="127.0.0.1", port=0, model_repository=repo, model_name=name, metrics_port=0
+            host="127.0.0.1",
+            port=0,
+            model_repository=repo,
+            model_name=name,
+            metrics_port=0,
+            decode_threads=args.decode_threads,
         )
         lat, stages = [], []
         with (
@@ -83,7 +91,10 @@ def main() -> None:
     st = np.asarray(stages)
     p = {q: float(np.percentile(lat_a, q)) for q in (50, 90, 99)}
     print(f"clip: {clip.name} {len(data) / 1e6:.2f} MB, {args.seconds:.0f} s 540x960 h264 gop 4s")
-    print(f"requests: {args.requests} sequential, model {name}")
+    print(
+        f"requests: {args.requests} sequential, model {name}, "
+        f"{config.resolved_decode_threads} decoders per clip"
+    )
     print(
         f"end-to-end ms: p50 {p[50]:.1f}  p90 {p[90]:.1f}  p99 {p[99]:.1f}  max {lat_a.max():.1f}"
     )
