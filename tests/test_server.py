@@ -410,7 +410,10 @@ def test_graceful_stop_finishes_in_flight_request(model_repo: Path, clip_bytes: 
             _wait_for(lambda: srv.health._gracefully_shutting_down)
             with VidtagClient(target, timeout=5) as late, pytest.raises(grpc.RpcError) as err:
                 late.tag(clip_bytes)  # a new request is refused while the old one drains
-            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            # UNAVAILABLE as a rule; grpc-core answers CANCELLED for a call whose stream opened
+            # as its listener closed (seen 2 times in ~30 runs of this file on a busy box).
+            refused = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+            assert err.value.code() in refused
             assert not pending.done()
             gate.set()
             assert pending.result(30).tags  # the in-flight request completed normally
