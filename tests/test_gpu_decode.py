@@ -115,7 +115,7 @@ def test_hybrid_requests_are_tagged_through_both_decoders_and_one_batcher(
     nvdec = NvdecStage(pool, DecodeLimits(), workers=1, max_pending=8)
     cpu_threads = ThreadPoolExecutor(1)
     router = HybridStage(
-        [Route("nvdec", nvdec, 1), Route("cpu", thread_decode_stage(cpu_threads), 1)]
+        [Route("nvdec", nvdec, 1), Route("cpu", thread_decode_stage(cpu_threads, 1, 8), 1)]
     )
     model = _served(tagger, executor)
 

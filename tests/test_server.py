@@ -291,10 +291,11 @@ def test_concurrent_requests_share_inference_batches(model_repo: Path, clip_byte
     assert len({tuple(r.all_scores.round(5)) for r in results}) == 1  # same clip, same answer
 
 
+@pytest.mark.parametrize("processes", [True, False])
 def test_a_full_decode_queue_sheds_with_resource_exhausted(
-    model_repo: Path, clip_bytes: bytes
+    model_repo: Path, clip_bytes: bytes, processes: bool
 ) -> None:
-    cfg = make_config(model_repo, workers=1, decode_queue_size=1)
+    cfg = make_config(model_repo, workers=1, decode_queue_size=1, decode_processes=processes)
     with running_server(cfg) as (srv, _), VidtagClient(f"127.0.0.1:{srv.port}") as c:
         codes = []
         with concurrent.futures.ThreadPoolExecutor(12) as pool:

@@ -119,7 +119,7 @@ class VidtagServer:
                 torch_device = config.device if config.resolved_runtime == "torch" else None
                 stage = pool_decode_stage(self.decode_pool, _limits(config), torch_device)
             else:
-                stage = thread_decode_stage(self.executor)
+                stage = thread_decode_stage(self.executor, config.workers, config.decode_queue_size)
         if self.decode_backend in ("nvdec", "hybrid"):
             from vidtag.decode.nvdec_backend import NvdecDecoderPool
 

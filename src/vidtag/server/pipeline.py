@@ -125,13 +125,27 @@ def before_deadline(deadline: float | None, fn: Callable[[], T]) -> T:
     return fn()
 
 
-def thread_decode_stage(executor: Executor) -> DecodeStage:
-    """Decode in `executor`'s threads (FFmpeg releases the GIL)."""
+def thread_decode_stage(executor: Executor, workers: int, max_pending: int) -> DecodeStage:
+    """Decode in `executor`'s `workers` threads (FFmpeg releases the GIL). Beyond `workers`
+    decoding and `max_pending` waiting, a request is refused with RESOURCE_EXHAUSTED, as the
+    process pool does."""
+    admitted = 0
 
     async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
-        loop = asyncio.get_running_loop()
-        work = functools.partial(model.decode_here, video)
-        return await loop.run_in_executor(executor, before_deadline, deadline, work)
+        nonlocal admitted
+        if admitted >= workers + max_pending:
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all {workers} decode threads are busy and {admitted - workers} requests are "
+                "waiting; try again later",
+            )
+        admitted += 1
+        try:
+            loop = asyncio.get_running_loop()
+            work = functools.partial(model.decode_here, video)
+            return await loop.run_in_executor(executor, before_deadline, deadline, work)
+        finally:
+            admitted -= 1
 
     return stage
 
