@@ -274,21 +274,25 @@ class Renderer:
         np.add(y, self.noise[int(self.rng.integers(len(self.noise)))], out=y)
 
 
-def encode_clip(cfg: ClipConfig, path: Path) -> None:
-    """Render and encode `cfg` into `path` (written under a temporary name, then renamed)."""
+def encode_clip(
+    cfg: ClipConfig, path: Path, *, fps: int = FPS, seed: int = 7, max_threads: int | None = None
+) -> None:
+    """Render (Renderer `seed`) and encode `cfg` at `fps` into `path` (written under a temporary
+    name, then renamed), with up to `max_threads` encoder frame threads (default: all cores).
+    Keyframes are forced at the cuts of a cuts-only GOP."""
     tmp = path.with_name(f".part-{path.name}")
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only, no banner per clip
-    renderer = Renderer(cfg)
+    renderer = Renderer(cfg, seed=seed)
     cuts = set(cfg.cut_frames())
     buf = np.empty((cfg.height * 3 // 2, cfg.width), dtype=np.uint8)
     with av.open(str(tmp), "w") as out:
-        vs = out.add_stream(ENCODERS[cfg.codec], rate=FPS, options=video_options(cfg))
+        vs = out.add_stream(ENCODERS[cfg.codec], rate=fps, options=video_options(cfg))
         assert isinstance(vs, av.VideoStream)
         vs.width, vs.height, vs.pix_fmt = cfg.width, cfg.height, "yuv420p"
         cc = vs.codec_context
         cc.gop_size = cfg.keyint()
         cc.thread_type = "FRAME"  # frame threads: no x264 slices in the bitstream
-        cc.thread_count = os.cpu_count() or 1
+        cc.thread_count = min(max_threads or os.cpu_count() or 1, os.cpu_count() or 1)
         if cfg.codec == "hevc":
             cc.codec_tag = "hvc1"
         for i in range(cfg.n_frames):

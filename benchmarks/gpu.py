@@ -63,16 +63,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # decode.py, soak.py beside this file
 
-from decode import ClipConfig, Renderer, video_options
+from decode import ClipConfig, encode_clip
 from soak import _free_port, process_tree, serve, tree_rss_mb
 
 from vidtag.client.bench import CallOptions, Clip, InputMode, Plan, Step, run_plan
-from vidtag.synth.encode import ENCODERS
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 CACHE: Final = ROOT / "build" / "gpu-bench"
@@ -118,27 +116,9 @@ class RateClip(ClipConfig):
 
 
 def encode(cfg: RateClip, path: Path) -> None:
-    """decode.encode_clip at `cfg.fps`, without forced cut keyframes (periodic GOPs only)."""
-    tmp = path.with_name(f".part-{path.name}")
-    renderer = Renderer(cfg, seed=cfg.seed)
-    buf = np.empty((cfg.height * 3 // 2, cfg.width), dtype=np.uint8)
-    with av.open(str(tmp), "w") as out:
-        vs = out.add_stream(ENCODERS[cfg.codec], rate=cfg.fps, options=video_options(cfg))
-        assert isinstance(vs, av.VideoStream)
-        vs.width, vs.height, vs.pix_fmt = cfg.width, cfg.height, "yuv420p"
-        cc = vs.codec_context
-        cc.gop_size = cfg.keyint()
-        cc.thread_type = "FRAME"
-        cc.thread_count = min(8, os.cpu_count() or 1)
-        if cfg.codec == "hevc":
-            cc.codec_tag = "hvc1"
-        for i in range(cfg.n_frames):
-            renderer.frame(i, buf)
-            frame = av.VideoFrame.from_ndarray(buf, format="yuv420p")
-            frame.pts = i
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode(None))
-    tmp.replace(path)
+    """decode.encode_clip at `cfg.fps` with `cfg.seed` (periodic GOPs only: no cut keyframes
+    to force), at most 8 encoder threads."""
+    encode_clip(cfg, path, fps=cfg.fps, seed=cfg.seed, max_threads=8)
 
 
 def bar_clips(size: tuple[int, int], seconds: int, count: int) -> list[RateClip]:
