@@ -126,7 +126,7 @@ def test_the_object_map_head_trains_on_rendered_clips_and_stays_out_of_the_artif
     manifest = _manifest(tmp_path, ["star", "grid", "rotate"])
     kw = dict(
         train_manifest=str(manifest), val_manifest=None, arch="x2plus1d_xs", frames=2,
-        height=32, width=24, epochs=1, batch_size=2, workers=1, progress=False,
+        height=30, width=22, epochs=1, batch_size=2, workers=1, progress=False,
         val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
     )  # fmt: skip
     best = train(TrainConfig(out_dir=str(tmp_path / "run"), **kw))  # type: ignore[arg-type]

@@ -103,15 +103,18 @@ def tag_matrix(tag_sets: list[tuple[str, ...]]) -> np.ndarray:
     return multi_hot([Clip(Path(""), t) for t in tag_sets], TAGS)
 
 
-def _rendered_stream(cfg: TrainConfig, rank: int, world: int, first: int) -> RenderedStream:
-    """This rank's share of the rendered clips, from clip `first` of the run on."""
+def _rendered_stream(
+    cfg: TrainConfig, rank: int, world: int, first: int, aux_stride: int | None
+) -> RenderedStream:
+    """This rank's share of the rendered clips, from clip `first` of the run on; with the
+    network's object-map stride, their masks on the maps' grid (stride-2 convolutions with
+    padding 1 round sizes up)."""
     workers = cfg.render_workers
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) - 1)
     grid = None
-    if cfg.aux_masks > 0:
-        stride = 4  # the object maps' stride (X2Plus1D.aux_stride)
-        grid = (cfg.width // stride, cfg.height // stride)
+    if aux_stride:
+        grid = (-(-cfg.width // aux_stride), -(-cfg.height // aux_stride))
     return RenderedStream(
         cfg.render_seed, cfg.frames, cfg.height, cfg.width, workers,
         start=first + rank, step=world, ahead=4 * cfg.batch_size, grid=grid,
@@ -335,7 +338,13 @@ def train(cfg: TrainConfig) -> Path:
         return p
 
     stream = (
-        _rendered_stream(cfg, rank, world, start_epoch * rendered_steps * cfg.batch_size * world)
+        _rendered_stream(
+            cfg,
+            rank,
+            world,
+            start_epoch * rendered_steps * cfg.batch_size * world,
+            int(getattr(net, "aux_stride", 0)) if cfg.aux_masks > 0 else None,
+        )
         if rendered_steps
         else None
     )
