@@ -150,3 +150,29 @@ def test_forward_aux_adds_maps_and_keeps_the_served_outputs() -> None:
         assert torch.allclose(logits, served[0], atol=1e-5) and torch.allclose(emb, served[1])
     with pytest.raises(ValueError, match="aux"):
         create_model("x2plus1d_xs", num_classes=22).forward_aux(x)
+
+
+def test_the_object_branch_scores_the_object_kinds_with_its_maps_maximum() -> None:
+    net = create_model("x2plus1d_o", num_classes=22).eval()
+    x = torch.randn(2, 3, 4, 64, 48)
+    logits, emb, maps = net.forward_aux(x)
+    assert maps.shape == (2, len(OBJECTS), 4, 8, 6) and net.aux_stride == 8
+    assert torch.equal(logits[:, : len(OBJECTS)], maps.amax(dim=(2, 3, 4)))
+    served = net(x)
+    assert torch.equal(served[0], logits) and torch.equal(served[1], emb)
+    with pytest.raises(ValueError, match="objects"):
+        create_model("x2plus1d_o", num_classes=22, aux=3)
+
+
+def test_the_object_branch_trains_on_masks_and_is_served(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, ["ring", "plain", "zoom_in"])
+    cfg = TrainConfig(
+        train_manifest=str(manifest), val_manifest=None, out_dir=str(tmp_path / "run"),
+        arch="x2plus1d_o", frames=2, height=30, width=22, epochs=1, batch_size=2, workers=1,
+        progress=False, val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
+    )  # fmt: skip
+    best = train(cfg)
+    state = torch.load(best, weights_only=False)
+    assert any(k.startswith("objects.") for k in state["model"])
+    art = export_artifact(tmp_path / "models", name="obj", version="1", checkpoint=best)
+    assert load_meta(art).provenance["onnx_parity_max_abs_diff"] < 1e-3

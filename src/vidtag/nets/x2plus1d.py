@@ -49,8 +49,44 @@ class SpatioTemporalBlock(nn.Module):
         return self.act(y + self.temporal(y))
 
 
+def _spatial(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv3d(
+            cin, cout, (1, 3, 3), (1, stride, stride), (0, dilation, dilation),
+            dilation=(1, dilation, dilation), bias=False,
+        ),
+        *_bn_act(cout),
+    ]  # fmt: skip
+
+
+class ObjectBranch(nn.Module):
+    """Per-frame maps of `kinds` object kinds at stride 8, from the stride-4 features.
+
+    The trunk resolves a 10-25 px shape only at stride 16, after three 3x3 convolutions, too
+    few to tell a star from a circle; this branch spends four more at strides 4 and 8 (the last
+    dilated: a ~70 px receptive field). A kind's clip logit is its map's maximum over frames
+    and cells, so the renderer's masks supervise exactly what is served (`forward_aux`).
+    """
+
+    def __init__(self, cin: int, width: int, kinds: int) -> None:
+        super().__init__()
+        self.maps = nn.Sequential(
+            *_spatial(cin, 32),
+            *_spatial(32, width, stride=2),
+            *_spatial(width, width),
+            *_spatial(width, width, dilation=2),
+            nn.Conv3d(width, kinds, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maps(x)
+
+
 class X2Plus1D(nn.Module):
-    """Input (N, 3, T, H, W) normalised RGB; output (logits (N, classes), embedding (N, E))."""
+    """Input (N, 3, T, H, W) normalised RGB; output (logits (N, classes), embedding (N, E)).
+
+    With `objects` = K > 0, an `ObjectBranch` scores the first K classes (the object kinds)
+    and the classifier the rest."""
 
     def __init__(
         self,
@@ -62,6 +98,8 @@ class X2Plus1D(nn.Module):
         strides: tuple[int, ...] = (2, 2, 2, 2),
         convs: tuple[int, ...] = (1, 1, 1, 1),
         aux: int = 0,
+        objects: int = 0,
+        object_width: int = 64,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
@@ -84,7 +122,7 @@ class X2Plus1D(nn.Module):
         pooled = embedding * (2 if pool == "avgmax" else 1)
         self.embed = nn.Linear(pooled, embedding) if pool == "avgmax" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(embedding, num_classes)
+        self.classifier = nn.Linear(embedding, num_classes - objects)
         self.embedding_size = embedding
         # Training only: per-frame maps of `aux` object kinds at stride 4, read from the first
         # stage that reaches it, supervised with the renderer's object masks (`forward_aux`).
@@ -95,7 +133,17 @@ class X2Plus1D(nn.Module):
             self.aux_after += 1
         self.aux_stride = stride
         self.aux_head: nn.Module | None = None
-        if aux:
+        self.objects: ObjectBranch | None = None
+        if objects:
+            if objects > num_classes:
+                raise ValueError(f"objects ({objects}) must be <= num_classes ({num_classes})")
+            if aux not in (0, objects):
+                raise ValueError(f"aux ({aux}) must be 0 or objects ({objects})")
+            if stride != 4:
+                raise ValueError(f"the object branch needs stride-4 features, not {stride}")
+            self.objects = ObjectBranch(widths[self.aux_after], object_width, objects)
+            self.aux_stride = 8
+        elif aux:
             c = widths[self.aux_after]
             self.aux_head = nn.Sequential(
                 nn.Conv3d(c, 32, (1, 3, 3), 1, (0, 1, 1)),
@@ -104,20 +152,27 @@ class X2Plus1D(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.objects is not None:
+            logits, emb, _ = self.forward_aux(x)
+            return logits, emb
         return self._head(self.stages(self.stem(x)))
 
     def forward_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, embedding, object maps (N, aux, T, H / stride, W / stride) logits)."""
-        if self.aux_head is None:
-            raise ValueError("built without an aux head (aux=0)")
+        """(logits, embedding, object maps (N, K, T, H / stride, W / stride) logits)."""
+        mapper = self.objects if self.objects is not None else self.aux_head
+        if mapper is None:
+            raise ValueError("built without an aux head (aux=0) or object branch")
         x = self.stem(x)
         for i, stage in enumerate(self.stages):
             if i == self.aux_after:
-                maps = self.aux_head(x)
+                maps = mapper(x)
             x = stage(x)
         if self.aux_after == len(self.stages):
-            maps = self.aux_head(x)
-        return (*self._head(x), maps)
+            maps = mapper(x)
+        logits, emb = self._head(x)
+        if self.objects is not None:
+            logits = torch.cat([maps.amax(dim=(2, 3, 4)), logits], dim=1)
+        return logits, emb, maps
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.project(x)
@@ -144,6 +199,14 @@ def x2plus1d_m(num_classes: int, **kw: Any) -> nn.Module:
 def x2plus1d_d(num_classes: int, **kw: Any) -> nn.Module:
     """`_s` with two spatial convolutions in stages 1-3 (deeper where objects are resolved)."""
     return X2Plus1D(num_classes, convs=(2, 2, 2, 1), **kw)
+
+
+@register_model("x2plus1d_o")
+def x2plus1d_o(num_classes: int, objects: int = 6, **kw: Any) -> nn.Module:
+    """`_s` with an `ObjectBranch` scoring the first `objects` classes (STB-1: the six shapes;
+    all of them when there are fewer); train it with `--aux-masks` so the renderer's masks
+    supervise the branch's maps."""
+    return X2Plus1D(num_classes, objects=min(objects, num_classes), **kw)
 
 
 @register_model("x2plus1d_xs")
