@@ -53,7 +53,8 @@ def test_each_transform_moves_pixels_and_swaps_the_labels_it_mirrors(
     y = np.stack([_labels(*before), _labels(*before)])
     masks = [torch.zeros(2, dtype=torch.bool) for _ in range(3)]
     masks[mask][0] = True  # transform the first sample only
-    x2, y2 = BatchAugmenter(TAGS).apply(torch.from_numpy(frames), torch.from_numpy(y), *masks)
+    x2, y2, none = BatchAugmenter(TAGS).apply(torch.from_numpy(frames), torch.from_numpy(y), *masks)
+    assert none is None
     np.testing.assert_array_equal(x2[0].numpy(), flip(frames[0]))  # type: ignore[operator]
     np.testing.assert_array_equal(x2[1].numpy(), frames[1])
     np.testing.assert_array_equal(y2[0].numpy(), _labels(*after))
@@ -85,8 +86,8 @@ def test_jitter_crops_the_same_box_in_every_frame_and_permutes_colours() -> None
     x = torch.zeros(64, 3, 4, 32, 32)
     for t in range(4):
         x[:, 0, t, 12:20, 4 + 4 * t : 12 + 4 * t] = 1.0
-    y = jitter(x, gen)
-    assert y.shape == x.shape
+    y, none = jitter(x, gen)
+    assert y.shape == x.shape and none is None
     lit = y.amax(dim=(3, 4))  # (N, 3, T): which channel carries the square
     channel = lit[:, :, 0].argmax(dim=1)
     assert len(set(channel.tolist())) > 1  # colours permuted across samples
@@ -96,3 +97,29 @@ def test_jitter_crops_the_same_box_in_every_frame_and_permutes_colours() -> None
     cx = (mass.sum(dim=2) * cols).sum(dim=2) / mass.sum(dim=(2, 3))
     assert torch.all(cx[:, 1:] > cx[:, :-1])  # still moving right: one box for the whole clip
     assert not torch.allclose(y[:, :, 0].amax(dim=1), x[:, :, 0].amax(dim=1))  # cropped
+
+
+def test_object_masks_follow_the_frames_through_flips_reversal_and_crops() -> None:
+    """A mask drawn where a bright block is stays on the block after every transform."""
+    n, t, h, w = 48, 3, 32, 24
+    frames = torch.zeros(n, t, h, w, 3, dtype=torch.uint8)
+    masks = torch.zeros(n, t, 2, h // 4, w // 4, dtype=torch.uint8)
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        for k in range(t):  # one 8x8 block per frame, anywhere on the 4-px grid
+            r, c = rng.integers(0, h // 4 - 1), rng.integers(0, w // 4 - 1)
+            frames[i, k, 4 * r : 4 * r + 8, 4 * c : 4 * c + 8] = 255
+            masks[i, k, 1, r : r + 2, c : c + 2] = 255
+    y = torch.zeros(n, len(TAGS))
+    gen = torch.Generator().manual_seed(4)
+    f2, _, m2 = BatchAugmenter(TAGS).random(frames, y, gen, masks)
+    assert m2 is not None and not torch.equal(m2, masks)  # some samples were transformed
+    lit = f2[..., 0].float().unflatten(2, (h // 4, 4)).unflatten(4, (w // 4, 4)).mean((3, 5))
+    assert torch.equal(lit > 0, m2[:, :, 1] > 0) and not m2[:, :, 0].any()
+    x = frames.permute(0, 4, 1, 2, 3).float() / 255  # (N, 3, T, H, W)
+    x3, m3 = jitter(x, gen, masks=masks)
+    assert m3 is not None and m3.dtype == torch.uint8 and m3.shape == masks.shape
+    cover = x3.amax(1).unflatten(2, (h // 4, 4)).unflatten(4, (w // 4, 4)).mean((3, 5))
+    # the cropped mask and the cropped block agree wherever either is clearly present
+    clear = (cover > 0.75) | (m3[:, :, 1].float() / 255 > 0.75)
+    assert torch.allclose(cover[clear], m3[:, :, 1].float()[clear] / 255, atol=0.3)

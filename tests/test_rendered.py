@@ -17,9 +17,9 @@ from vidtag.synth.generate import clip_spec, make_clip
 from vidtag.synth.render import Renderer
 from vidtag.train.config import TrainConfig
 from vidtag.train.export import export_artifact
+from vidtag.train.masks import OBJECTS
 from vidtag.train.rendered import (
     JITTER,
-    OBJECTS,
     RenderedStream,
     render_clip,
     render_frames,
@@ -136,8 +136,8 @@ def test_the_object_map_head_trains_on_rendered_clips_and_stays_out_of_the_artif
     assert load_meta(art).provenance["onnx_parity_max_abs_diff"] < 1e-3
     with pytest.raises(ValueError, match="object-map head"):
         train(TrainConfig(out_dir=str(tmp_path / "r2"), **{**kw, "arch": "mfnet3d"}))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="render_per_epoch"):
-        TrainConfig(train_manifest="m", val_manifest=None, out_dir="o", aux_masks=1.0)
+    with pytest.raises(ValueError, match="aux_masks"):
+        TrainConfig(train_manifest="m", val_manifest=None, out_dir="o", aux_masks=-1.0)
 
 
 def test_forward_aux_adds_maps_and_keeps_the_served_outputs() -> None:

@@ -5,7 +5,8 @@ move_right), vertical flip (swaps move_up and move_down) and time reversal (swap
 zoom_in with zoom_out). Normalisation matches `vidtag.runtime.preprocess.preprocess` exactly.
 `jitter` adds label-free transforms on normalised clips: a crop of 80-100 % of each side resized
 back (one box for all frames, so motion, zoom and scene tags are unchanged) and a permutation of
-the colour channels (no STB-1 tag depends on colour).
+the colour channels (no STB-1 tag depends on colour). Object masks ((N, T, K, h, w) coverage on
+a coarser grid) follow the frames through every geometric transform.
 """
 
 from __future__ import annotations
@@ -47,22 +48,29 @@ class BatchAugmenter:
         hflip: torch.Tensor,
         vflip: torch.Tensor,
         reverse: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the transforms selected by the (N,) boolean masks."""
-        for mask, dim, perm in (
-            (hflip, 3, self.h_perm),
-            (vflip, 2, self.v_perm),
-            (reverse, 1, self.t_perm),
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Apply the transforms selected by the (N,) boolean selections."""
+        for sel, dim, mdim, perm in (
+            (hflip, 3, 4, self.h_perm),
+            (vflip, 2, 3, self.v_perm),
+            (reverse, 1, 1, self.t_perm),
         ):
-            x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(dim), x)
-            y = torch.where(mask.view(-1, 1), y[:, perm], y)
-        return x, y
+            x = torch.where(sel.view(-1, 1, 1, 1, 1), x.flip(dim), x)
+            y = torch.where(sel.view(-1, 1), y[:, perm], y)
+            if masks is not None:
+                masks = torch.where(sel.view(-1, 1, 1, 1, 1), masks.flip(mdim), masks)
+        return x, y, masks
 
     def random(
-        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        masks = torch.rand(3, len(x), generator=gen, device=gen.device) < 0.5
-        return self.apply(x, y, masks[0].to(x.device), masks[1].to(x.device), masks[2].to(x.device))
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        gen: torch.Generator,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        sel = (torch.rand(3, len(x), generator=gen, device=gen.device) < 0.5).to(x.device)
+        return self.apply(x, y, sel[0], sel[1], sel[2], masks)
 
 
 def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -73,8 +81,14 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return ((f - m) * inv).contiguous()
 
 
-def jitter(x: torch.Tensor, gen: torch.Generator, min_side: float = 0.8) -> torch.Tensor:
-    """Random crop-resize and channel permutation of normalised (N, 3, T, H, W) clips."""
+def jitter(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    min_side: float = 0.8,
+    masks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random crop-resize and channel permutation of normalised (N, 3, T, H, W) clips; the
+    same crop of `masks` (N, T, K, h, w) uint8 (the box is in normalised coordinates)."""
     n = len(x)
     r = torch.rand(n, 3, generator=gen, device=gen.device).to(x.device, x.dtype)
     side = min_side + (1.0 - min_side) * r[:, 0]
@@ -86,9 +100,14 @@ def jitter(x: torch.Tensor, gen: torch.Generator, min_side: float = 0.8) -> torc
     theta[:, 1, 3] = (1.0 - side) * (2.0 * r[:, 2] - 1.0)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if masks is not None:
+        m = masks.permute(0, 2, 1, 3, 4).to(x.dtype)  # (N, K, T, h, w)
+        mgrid = F.affine_grid(theta, list(m.shape), align_corners=False)
+        m = F.grid_sample(m, mgrid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        masks = m.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 1, 3, 4)
     perms = torch.tensor(
         [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], device=x.device
     )
     pick = torch.randint(0, 6, (n,), generator=gen, device=gen.device).to(x.device)
     order = perms[pick].view(n, 3, 1, 1, 1).expand_as(x)
-    return torch.gather(x, 1, order)
+    return torch.gather(x, 1, order), masks

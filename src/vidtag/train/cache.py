@@ -18,19 +18,19 @@ from tqdm import tqdm
 from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
 from vidtag.train.manifest import read_manifest
 
+Decoded = tuple[np.ndarray | None, tuple[float, ...], float, str]
 
-def _decode_one(args: tuple[str, SamplingSpec]) -> tuple[np.ndarray | None, float, str]:
+
+def _decode_one(args: tuple[str, SamplingSpec]) -> Decoded:
     path, spec = args
     try:
         clip = sample_frames(path, spec, DecodeLimits())
-        return clip.frames, clip.mean_deviation, ""
+        return clip.frames, clip.timestamps, clip.mean_deviation, ""
     except Exception as exc:  # a clip that fails is skipped and reported, not fatal
-        return None, 0.0, f"{path}: {exc}"
+        return None, (), 0.0, f"{path}: {exc}"
 
 
-def _imap(
-    jobs: list[tuple[str, SamplingSpec]], workers: int
-) -> Iterator[tuple[np.ndarray | None, float, str]]:
+def _imap(jobs: list[tuple[str, SamplingSpec]], workers: int) -> Iterator[Decoded]:
     if workers <= 1:
         yield from map(_decode_one, jobs)
         return
@@ -45,7 +45,8 @@ def build_cache(
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Write frames.npy (N, T, H, W, 3) uint8, clips.jsonl (path, tags) and spec.json to out_dir."""
+    """Write frames.npy (N, T, H, W, 3) uint8, times.npy (N, T) float64 (the seconds the
+    decoder returned), clips.jsonl (path, tags) and spec.json to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clips = read_manifest(manifest)
@@ -57,16 +58,18 @@ def build_cache(
         shape=(n, spec.frames, spec.height, spec.width, 3),
     )
     kept: list[int] = []
+    times: list[tuple[float, ...]] = []
     errors: list[str] = []
     devs: list[float] = []
     jobs = [(str(c.path), spec) for c in clips]
     it = _imap(jobs, workers or os.cpu_count() or 1)
-    for i, (arr, dev, err) in enumerate(tqdm(it, total=n, desc="decode", disable=not progress)):
+    for i, (arr, ts, dev, err) in enumerate(tqdm(it, total=n, desc="decode", disable=not progress)):
         if arr is None:
             errors.append(err)
             continue
         frames[len(kept)] = arr
         kept.append(i)
+        times.append(ts)
         devs.append(dev)
     frames.flush()
     del frames
@@ -75,6 +78,7 @@ def build_cache(
         np.save(out / "frames.tmp.npy", np.asarray(full[: len(kept)]))
         del full
         os.replace(out / "frames.tmp.npy", out / "frames.npy")
+    np.save(out / "times.npy", np.array(times, dtype=np.float64).reshape(len(kept), spec.frames))
     with (out / "clips.jsonl").open("w") as f:
         for i in kept:
             f.write(json.dumps({"path": str(clips[i].path), "tags": list(clips[i].tags)}) + "\n")

@@ -39,9 +39,9 @@ class TrainConfig:
     render_per_epoch: int = 0
     render_seed: int = 1000  # keep it apart from the seeds of the encoded splits
     render_workers: int | None = None  # processes; None: all cores but one; 0: in process
-    # > 0: weight of a dense object loss on rendered batches (the renderer's object masks at
-    # stride 4 supervise a training-only head; networks with `forward_aux` only). Rendered
-    # batches then skip augmentation: every one is a fresh clip.
+    # > 0: weight of a dense object loss: the renderer's object masks supervise the network's
+    # object maps (networks with `forward_aux` only), for rendered clips and for the cached
+    # clips of an STB-1 manifest (vidtag.train.masks).
     aux_masks: float = 0.0
 
     def __post_init__(self) -> None:
@@ -49,10 +49,7 @@ class TrainConfig:
             raise ValueError(f"accumulate, batch_size and epochs must be >= 1: {self}")
         if self.render_per_epoch < 0 or (self.render_workers or 0) < 0:
             raise ValueError(f"render_per_epoch and render_workers must be >= 0: {self}")
-        if self.aux_masks < 0 or (self.aux_masks > 0 and self.render_per_epoch == 0):
-            raise ValueError(
-                "aux_masks must be >= 0, and needs render_per_epoch > 0 (masks come "
-                "from the renderer)"
-            )
+        if self.aux_masks < 0:
+            raise ValueError(f"aux_masks must be >= 0: {self}")
         if self.augment not in ("flip", "full"):
             raise ValueError(f"augment must be 'flip' or 'full', not {self.augment!r}")

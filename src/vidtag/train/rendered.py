@@ -24,10 +24,9 @@ from PIL import Image
 
 from vidtag.synth.generate import clip_spec
 from vidtag.synth.render import Renderer
-from vidtag.tags import TAG_GROUPS
+from vidtag.train.masks import render_masks
 
 JITTER = 0.4  # of a segment: how far a returned frame may sit from its segment's centre
-OBJECTS: tuple[str, ...] = tuple(TAG_GROUPS["object"])
 Job = tuple[int, int, int, int, int, tuple[int, int] | None]
 Rendered = tuple[np.ndarray, tuple[str, ...], np.ndarray | None]
 
@@ -47,11 +46,7 @@ def render_clip(job: Job) -> Rendered:
     rng = np.random.default_rng([seed, index, 7])
     times = sample_times(spec.encoding.duration, frames, rng)
     renderer = Renderer(spec)
-    masks = None
-    if grid is not None:
-        shown = [renderer.frame_at(float(t)) for t in times]
-        cover = np.stack([renderer.object_masks(i, OBJECTS, grid) for i in shown])
-        masks = np.rint(cover * 255).astype(np.uint8)
+    masks = render_masks(renderer, times, grid) if grid is not None else None
     return render_frames(renderer, times, height, width), spec.tags, masks
 
 

@@ -36,8 +36,9 @@ from vidtag.train.augment import BatchAugmenter, jitter, normalise
 from vidtag.train.cache import build_cache
 from vidtag.train.config import TrainConfig
 from vidtag.train.manifest import Clip, multi_hot
+from vidtag.train.masks import OBJECTS, cache_masks
 from vidtag.train.metrics import calibrate_thresholds, evaluate_predictions
-from vidtag.train.rendered import OBJECTS, RenderedStream
+from vidtag.train.rendered import RenderedStream
 
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.25, 0.25, 0.25)
@@ -112,13 +113,17 @@ def _rendered_stream(
     workers = cfg.render_workers
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) - 1)
-    grid = None
-    if aux_stride:
-        grid = (-(-cfg.width // aux_stride), -(-cfg.height // aux_stride))
+    grid = mask_grid(cfg, aux_stride) if aux_stride else None
     return RenderedStream(
         cfg.render_seed, cfg.frames, cfg.height, cfg.width, workers,
         start=first + rank, step=world, ahead=4 * cfg.batch_size, grid=grid,
     )  # fmt: skip
+
+
+def mask_grid(cfg: TrainConfig, stride: int) -> tuple[int, int]:
+    """(w, h) of the object maps of a network with `stride` (its stride-2 convolutions with
+    padding 1 round sizes up)."""
+    return -(-cfg.width // stride), -(-cfg.height // stride)
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -219,10 +224,38 @@ class _Data:
     y_train: np.ndarray
     val: FrameSource
     y_val: np.ndarray
+    masks: FrameSource | None = None  # object masks of the train clips (STB-1 manifests)
 
 
-def _load_data(cfg: TrainConfig, out: Path, device: torch.device, rank: int) -> _Data:
-    """Frame caches (rank 0 builds them; the others wait) and the train/val split."""
+def _train_masks(cfg: TrainConfig, out: Path, stride: int | None, rank: int) -> np.ndarray | None:
+    """The cached train clips' object masks for `--aux-masks` (rank 0 computes them), or None
+    where the manifest names no STB-1 clips and rendered clips bring the masks instead."""
+    if not stride:
+        return None
+    cache, grid = out / "cache-train", mask_grid(cfg, stride)
+    error = ""
+    if rank == 0:
+        try:
+            cache_masks(cache, cfg.train_manifest, grid)
+        except ValueError as exc:
+            error = str(exc)
+    _barrier()
+    if not error:
+        try:
+            return cache_masks(cache, cfg.train_manifest, grid)
+        except ValueError as exc:
+            error = str(exc)
+    if cfg.render_per_epoch == 0:
+        raise ValueError(f"--aux-masks: no masks for the cached clips ({error}) and no rendering")
+    print(f"--aux-masks: only rendered clips carry masks ({error})", flush=True)
+    return None
+
+
+def _load_data(
+    cfg: TrainConfig, out: Path, device: torch.device, rank: int, stride: int | None = None
+) -> _Data:
+    """Frame caches (rank 0 builds them; the others wait), the train/val split, and with a
+    mask `stride` the train clips' object masks."""
     spec = sampling_spec(cfg)
     if rank == 0:
         _cached(cfg.train_manifest, out / "cache-train", spec, cfg)
@@ -230,18 +263,23 @@ def _load_data(cfg: TrainConfig, out: Path, device: torch.device, rank: int) -> 
             _cached(cfg.val_manifest, out / "cache-val", spec, cfg)
     _barrier()
     x_tr, y_tr = _cached(cfg.train_manifest, out / "cache-train", spec, cfg)
+    m_tr = _train_masks(cfg, out, stride, rank)
     if cfg.val_manifest:
         x_va, y_va = _cached(cfg.val_manifest, out / "cache-val", spec, cfg)
-        return _Data(FrameSource(x_tr, device), y_tr, FrameSource(x_va, device), y_va)
-    perm = np.random.default_rng(cfg.seed + 1).permutation(len(y_tr))
-    n_val = max(1, int(len(y_tr) * cfg.val_fraction))
-    va_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return _Data(
-        FrameSource(np.asarray(x_tr[tr_idx]), device),
-        y_tr[tr_idx],
-        FrameSource(np.asarray(x_tr[va_idx]), device),
-        y_tr[va_idx],
-    )
+        tr_idx = np.arange(len(y_tr))
+        val = FrameSource(x_va, device)
+    else:
+        perm = np.random.default_rng(cfg.seed + 1).permutation(len(y_tr))
+        n_val = max(1, int(len(y_tr) * cfg.val_fraction))
+        va_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        x_tr, val, y_va = (
+            np.asarray(x_tr[tr_idx]),
+            FrameSource(np.asarray(x_tr[va_idx]), device),
+            y_tr[va_idx],
+        )
+        y_tr = y_tr[tr_idx]
+    masks = FrameSource(np.asarray(m_tr[tr_idx]), device) if m_tr is not None else None
+    return _Data(FrameSource(x_tr, device), y_tr, val, y_va, masks)
 
 
 def _world() -> tuple[int, int]:
@@ -296,11 +334,12 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)  # same on every rank: the same permutation
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * rank)
     ispec = input_spec(cfg)
-    data = _load_data(cfg, out, device, rank)
+    net = build_net(cfg).to(device)
+    stride = int(getattr(net, "aux_stride", 0)) if cfg.aux_masks > 0 else None
+    data = _load_data(cfg, out, device, rank, stride)
     y_tr_dev = torch.from_numpy(data.y_train).to(device)
 
     limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
-    net = build_net(cfg).to(device)
     head = build_head(cfg.loss, net).to(device)
     objective = _Objective(net, head, cfg.aux_masks)
     # The object-map head idles on encoded batches: DDP must not wait for its gradients.
@@ -343,7 +382,7 @@ def train(cfg: TrainConfig) -> Path:
             rank,
             world,
             start_epoch * rendered_steps * cfg.batch_size * world,
-            int(getattr(net, "aux_stride", 0)) if cfg.aux_masks > 0 else None,
+            stride,
         )
         if rendered_steps
         else None
@@ -379,17 +418,17 @@ def train(cfg: TrainConfig) -> Path:
                     clips, tags, got = stream.take(cfg.batch_size)
                     frames = torch.from_numpy(clips).to(device)
                     y = torch.from_numpy(tag_matrix(tags)).to(device)
-                    if got is not None:  # fresh clips: no augmentation, masks stay aligned
+                    if got is not None:
                         masks = torch.from_numpy(got).to(device)
-                    else:
-                        frames, y = augmenter.random(frames, y, gen)
                 else:
-                    frames, y = augmenter.random(
-                        data.train.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)], gen
-                    )
+                    frames, y = data.train.take(idx), y_tr_dev[torch.from_numpy(idx).to(device)]
+                    if data.masks is not None:
+                        masks = data.masks.take(idx)
+                # Masks follow the frames through every geometric transform.
+                frames, y, masks = augmenter.random(frames, y, gen, masks)
                 x = normalise(frames, ispec.mean, ispec.std)
-                if cfg.augment == "full" and masks is None:
-                    x = jitter(x, gen)
+                if cfg.augment == "full":
+                    x, masks = jitter(x, gen, masks=masks)
                 sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
                 if isinstance(model, DDP) and not last_micro:
                     sync = model.no_sync()
