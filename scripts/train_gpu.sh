@@ -11,7 +11,8 @@
 # RENDER > 0 adds that many fresh rendered (never encoded) clips to every epoch, drawn by
 # RENDER_WORKERS processes (`vidtag train --render-per-epoch`): the cores not encoding render,
 # so the network sees far more distinct clips than the encoder can make (it memorises those).
-# AUX > 0 (with RENDER) weighs a dense object-mask loss on the rendered clips (`--aux-masks`).
+# AUX > 0 weighs a dense object-mask loss (`--aux-masks`; ARCH=x2plus1d_o serves its maps):
+# masks of the encoded STB-1 clips and of the rendered ones.
 # Knobs (environment): N_TRAIN (upper bound; SYNTH_S decides) SEED_TRAIN SYNTH_S STAGES END_BY
 # RESERVE ARCH NAME VERSION BATCH LR AUGMENT DEVICE WORK RESULTS SYNTH_WORKERS RENDER
 # RENDER_SEED RENDER_WORKERS AUX PY.

@@ -176,3 +176,36 @@ def test_the_object_branch_trains_on_masks_and_is_served(tmp_path: Path) -> None
     assert any(k.startswith("objects.") for k in state["model"])
     art = export_artifact(tmp_path / "models", name="obj", version="1", checkpoint=best)
     assert load_meta(art).provenance["onnx_parity_max_abs_diff"] < 1e-3
+
+
+def test_the_track_head_adds_the_object_maps_course_to_the_other_classes() -> None:
+    torch.manual_seed(0)
+    net = create_model("x2plus1d_ot", num_classes=22).eval()
+    x = torch.randn(2, 3, 4, 64, 48)
+    with torch.no_grad():
+        logits, emb, maps = net.forward_aux(x)
+        base = net.classifier(emb)  # eval: dropout is the identity
+        assert torch.equal(logits[:, : len(OBJECTS)], maps.amax(dim=(2, 3, 4)))
+        assert torch.allclose(logits[:, len(OBJECTS) :], base + net.tracks(maps), atol=1e-6)
+        assert not torch.allclose(logits[:, len(OBJECTS) :], base, atol=1e-3)
+    with pytest.raises(ValueError, match="tracks"):
+        create_model("x2plus1d_s", num_classes=22, tracks=True)
+
+
+def test_init_extends_a_trained_network_with_fresh_modules(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, ["ring", "plain", "zoom_in"])
+    kw = dict(
+        train_manifest=str(manifest), val_manifest=None, arch="x2plus1d_o", frames=2,
+        height=30, width=22, epochs=1, batch_size=2, workers=1, progress=False,
+        val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
+    )  # fmt: skip
+    first = train(TrainConfig(out_dir=str(tmp_path / "o"), **kw))  # type: ignore[arg-type]
+    kw = {**kw, "arch": "x2plus1d_ot", "init": str(first), "lr": 1e-9}
+    second = train(TrainConfig(out_dir=str(tmp_path / "ot"), **kw))  # type: ignore[arg-type]
+    a, b = (torch.load(p, weights_only=False)["model"] for p in (first, second))
+    assert any(k.startswith("tracks.") for k in b) and not any(k.startswith("tracks.") for k in a)
+    w = "objects.maps.0.weight"
+    assert torch.allclose(a[w], b[w], atol=1e-5)  # carried over (lr ~0: barely moved)
+    back = {**kw, "arch": "x2plus1d_s", "init": str(second)}  # _s does not extend _ot
+    with pytest.raises(ValueError, match="does not extend"):
+        train(TrainConfig(out_dir=str(tmp_path / "s"), **back))  # type: ignore[arg-type]

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="W",
-        help="weight of a dense object-mask loss on the rendered clips (x2plus1d networks)",
+        help="weight of a dense object-mask loss (x2plus1d networks; x2plus1d_o serves its "
+        "maps): masks of rendered clips and of the cached clips of an STB-1 manifest",
     )
     p.add_argument(
         "--render-workers",

@@ -245,6 +245,11 @@ def _relu(a: dict[str, Any]) -> OpFn:
     return F.relu
 
 
+@op("Sigmoid", inputs=(1, 1))
+def _sigmoid(a: dict[str, Any]) -> OpFn:
+    return torch.sigmoid
+
+
 @op("Add", inputs=(2, 2))
 def _add(a: dict[str, Any]) -> OpFn:
     return torch.add

@@ -572,14 +572,27 @@ def write_curves(history: list[dict[str, Any]], path: Path) -> bool:
 def _load_init(
     cfg: TrainConfig, net: torch.nn.Module, head: MultiLabelHead, device: torch.device
 ) -> None:
-    """Weights (not optimiser or schedule) from another run's best.pt or checkpoint.pt."""
+    """Weights (not optimiser or schedule) from another run's best.pt or checkpoint.pt. Of
+    another network, only one that the configured one extends (every tensor present, same
+    shape): the modules it lacks start fresh, e.g. a head added to a trained trunk."""
     assert cfg.init
     state = torch.load(cfg.init, weights_only=False, map_location=device)
     conf = state.get("config", {})
     arch, loss = state.get("arch", conf.get("arch")), conf.get("loss")
-    if arch != cfg.arch or loss != cfg.loss:
+    if loss != cfg.loss:
         raise ValueError(f"--init {cfg.init} holds {arch}/{loss}, not {cfg.arch}/{cfg.loss}")
-    net.load_state_dict(state["model"])
+    if arch == cfg.arch:
+        net.load_state_dict(state["model"])
+    else:
+        own = net.state_dict()
+        alien = [k for k, v in state["model"].items() if k not in own or own[k].shape != v.shape]
+        if alien:
+            raise ValueError(
+                f"--init {cfg.init} holds {arch}, which {cfg.arch} does not extend: "
+                f"{len(alien)} tensors differ, e.g. {alien[:3]}"
+            )
+        fresh = net.load_state_dict(state["model"], strict=False).missing_keys
+        print(f"--init from {arch}: {len(fresh)} tensors of {cfg.arch} start fresh", flush=True)
     head.load_state_dict(state["head"])
 
 
