@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,15 +121,20 @@ def test_masks_come_with_the_clips_and_cover_only_their_objects(workers: int) ->
         assert plain.take(1)[2] is None
 
 
+def _tiny_aux_run(manifest: Path, arch: str) -> dict[str, Any]:
+    """TrainConfig fields of one epoch on `manifest` plus two rendered clips with masks."""
+    return dict(
+        train_manifest=str(manifest), val_manifest=None, arch=arch, frames=2,
+        height=30, width=22, epochs=1, batch_size=2, workers=1, progress=False,
+        val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
+    )  # fmt: skip
+
+
 def test_the_object_map_head_trains_on_rendered_clips_and_stays_out_of_the_artifact(
     tmp_path: Path,
 ) -> None:
     manifest = _manifest(tmp_path, ["star", "grid", "rotate"])
-    kw = dict(
-        train_manifest=str(manifest), val_manifest=None, arch="x2plus1d_xs", frames=2,
-        height=30, width=22, epochs=1, batch_size=2, workers=1, progress=False,
-        val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
-    )  # fmt: skip
+    kw = _tiny_aux_run(manifest, "x2plus1d_xs")
     best = train(TrainConfig(out_dir=str(tmp_path / "run"), **kw))  # type: ignore[arg-type]
     state = torch.load(best, weights_only=False)
     assert any("aux_head." in k for k in state["model"])
@@ -166,12 +172,8 @@ def test_the_object_branch_scores_the_object_kinds_with_its_maps_maximum() -> No
 
 def test_the_object_branch_trains_on_masks_and_is_served(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, ["ring", "plain", "zoom_in"])
-    cfg = TrainConfig(
-        train_manifest=str(manifest), val_manifest=None, out_dir=str(tmp_path / "run"),
-        arch="x2plus1d_o", frames=2, height=30, width=22, epochs=1, batch_size=2, workers=1,
-        progress=False, val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
-    )  # fmt: skip
-    best = train(cfg)
+    kw = _tiny_aux_run(manifest, "x2plus1d_o")
+    best = train(TrainConfig(out_dir=str(tmp_path / "run"), **kw))  # type: ignore[arg-type]
     state = torch.load(best, weights_only=False)
     assert any(k.startswith("objects.") for k in state["model"])
     art = export_artifact(tmp_path / "models", name="obj", version="1", checkpoint=best)
@@ -194,11 +196,7 @@ def test_the_track_head_adds_the_object_maps_course_to_the_other_classes() -> No
 
 def test_init_extends_a_trained_network_with_fresh_modules(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, ["ring", "plain", "zoom_in"])
-    kw = dict(
-        train_manifest=str(manifest), val_manifest=None, arch="x2plus1d_o", frames=2,
-        height=30, width=22, epochs=1, batch_size=2, workers=1, progress=False,
-        val_fraction=0.25, render_per_epoch=2, render_workers=0, aux_masks=1.0,
-    )  # fmt: skip
+    kw = _tiny_aux_run(manifest, "x2plus1d_o")
     first = train(TrainConfig(out_dir=str(tmp_path / "o"), **kw))  # type: ignore[arg-type]
     kw = {**kw, "arch": "x2plus1d_ot", "init": str(first), "lr": 1e-9}
     second = train(TrainConfig(out_dir=str(tmp_path / "ot"), **kw))  # type: ignore[arg-type]
