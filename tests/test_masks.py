@@ -55,6 +55,10 @@ def test_cached_clips_get_their_objects_masks_at_the_returned_times(
     # kept beside the frames and reused
     assert (cache / "masks-6x10.npy").is_file()
     assert isinstance(cache_masks(cache, stb1, (6, 10)), np.memmap)
+    # a rebuilt cache (another sampling) drops masks computed for the frames it replaces
+    build_cache(stb1, cache, SamplingSpec(frames=3, height=80, width=48), workers=1, progress=False)
+    assert not (cache / "masks-6x10.npy").exists()
+    assert cache_masks(cache, stb1, (6, 10)).shape[1] == 3
 
 
 def test_rows_the_generator_cannot_make_again_are_refused(stb1: Path) -> None:

@@ -49,6 +49,8 @@ def build_cache(
     decoder returned), clips.jsonl (path, tags) and spec.json to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("masks-*.npy"):  # derived from the frames being replaced
+        stale.unlink()
     clips = read_manifest(manifest)
     n = len(clips)
     frames = np.lib.format.open_memmap(
