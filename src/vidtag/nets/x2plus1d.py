@@ -152,9 +152,9 @@ class X2Plus1D(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embedding, num_classes - objects)
         self.embedding_size = embedding
-        # Training only: per-frame maps of `aux` object kinds at stride 4, read from the first
-        # stage that reaches it, supervised with the renderer's object masks (`forward_aux`).
-        # `forward` (what is exported) never runs it.
+        # Per-frame object maps read from the first stage at stride 4 (`forward_aux`): with
+        # `objects`, the served ObjectBranch (maps at stride 8); else, with `aux`, a
+        # training-only head (maps at stride 4) that `forward` (what is exported) never runs.
         stride, self.aux_after = 2, 0
         while stride < 4 and self.aux_after < len(strides):
             stride *= strides[self.aux_after]
@@ -246,7 +246,7 @@ def x2plus1d_o(num_classes: int, objects: int = 6, **kw: Any) -> nn.Module:
 def x2plus1d_ot(num_classes: int, objects: int = 6, **kw: Any) -> nn.Module:
     """`x2plus1d_o` with a `TrackHead`: the object maps' course over the frames adds to the
     other classes' logits (STB-1: motion, zoom, blink)."""
-    return X2Plus1D(num_classes, objects=min(objects, num_classes), tracks=True, **kw)
+    return x2plus1d_o(num_classes, objects, tracks=True, **kw)
 
 
 @register_model("x2plus1d_xs")

@@ -15,6 +15,12 @@ class Clip:
     tags: tuple[str, ...]
 
 
+def clip_path(manifest: str | Path, path: str) -> Path:
+    """A manifest row's clip path: relative paths are taken from the manifest's folder."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(manifest).parent / p
+
+
 def read_manifest(path: str | Path) -> list[Clip]:
     """Clips of a JSONL manifest; relative paths are taken from the manifest's folder."""
     p = Path(path)
@@ -24,11 +30,11 @@ def read_manifest(path: str | Path) -> list[Clip]:
             continue
         try:
             row = json.loads(line)
-            clip_path = Path(row["path"])
+            where = clip_path(p, row["path"])
             tags = tuple(row["tags"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{p}:{n}: bad manifest line: {exc}") from exc
-        clips.append(Clip(clip_path if clip_path.is_absolute() else p.parent / clip_path, tags))
+        clips.append(Clip(where, tags))
     return clips
 
 

@@ -19,20 +19,15 @@ from vidtag.synth.matrix import ENCODING_KEYS
 from vidtag.synth.render import Renderer
 from vidtag.synth.spec import ClipSpec
 from vidtag.tags import TAG_GROUPS
+from vidtag.train.manifest import clip_path
 
 OBJECTS: tuple[str, ...] = tuple(TAG_GROUPS["object"])
 
 
 def _synth_rows(manifest: str | Path) -> dict[str, dict[str, Any]]:
     """Manifest rows by resolved clip path (as the cache's clips.jsonl writes them)."""
-    m = Path(manifest)
-    rows = {}
-    for line in m.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            p = Path(row["path"])
-            rows[str(p if p.is_absolute() else m.parent / p)] = row
-    return rows
+    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
+    return {str(clip_path(manifest, row["path"])): row for row in rows}
 
 
 def clip_masks(row: dict[str, Any], times: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

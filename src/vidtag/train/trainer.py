@@ -342,7 +342,7 @@ def train(cfg: TrainConfig) -> Path:
     limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
     head = build_head(cfg.loss, net).to(device)
     objective = _Objective(net, head, cfg.aux_masks)
-    # The object-map head idles on encoded batches: DDP must not wait for its gradients.
+    # An aux head idles on batches without masks: DDP must not wait for its gradients.
     unused = cfg.aux_masks > 0
     model: torch.nn.Module = (
         DDP(objective, find_unused_parameters=unused) if world > 1 else objective
