@@ -8,6 +8,8 @@ import pytest
 from media import encode_clip, red_centroid_x
 
 from vidtag.decode import DecodeLimits, SamplingSpec, backends, sample_frames
+from vidtag.decode.index import PacketIndex
+from vidtag.decode.planner import plan_frames
 from vidtag.errors import InvalidVideo, LimitExceeded
 
 
@@ -30,7 +32,7 @@ def test_bytes_and_path_give_same_frames(h264_clip: Path) -> None:
 
 def test_keyframes_first_then_frames_right_after(h264_clip: Path) -> None:
     # A tradeoff no extension can meet: keyframes only, plus the frames right after them.
-    spec = SamplingSpec(frames=8, height=64, width=32, policy="fast", tradeoff=1e9)
+    spec = SamplingSpec(frames=8, height=64, width=32, policy="fast", tradeoff=1e9, fill=1)
     clip = sample_frames(h264_clip, spec)
     assert clip.frames_decoded <= 4 * 4
     assert len(set(clip.timestamps)) == 8
@@ -125,3 +127,33 @@ def test_segments_mode_draws_one_point_per_segment(h264_clip: Path) -> None:
     assert all(j <= t < j + 1 for j, t in enumerate(a))
     clip = sample_frames(h264_clip, SamplingSpec(frames=4, mode="segments", seed=1, policy="exact"))
     assert clip.mean_deviation < 0.021
+
+
+def _index(n: int, fps: float, keys: list[int]) -> PacketIndex:
+    """A synthetic packet index: `n` frames in presentation = decode order, inter packets a
+    tenth of a keyframe."""
+    is_key = np.zeros(n, dtype=bool)
+    is_key[keys] = True
+    return PacketIndex(
+        pts_s=np.arange(n) / fps, origin_s=0.0, is_key=is_key,
+        sizes=np.where(is_key, 10_000, 1_000).astype(np.int64), duration=n / fps, fps=fps,
+        width=540, height=960, codec="h264", source="tables", fetch=lambda i: None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fill", [1, 4, 8])
+def test_fill_spreads_frames_of_a_sparse_gop_within_its_window(fill: int) -> None:
+    # One keyframe for 30 s and no extension worth its cost: every frame after the first is
+    # a fill, each the frame nearest its target within `fill` packets past the prefix.
+    index = _index(900, 30.0, [0])
+    plan = plan_frames(index, SamplingSpec(frames=8, tradeoff=1e9, fill=fill))
+    assert plan.chosen == tuple(range(0, 7 * fill + 1, fill))
+    assert plan.packets_to_decode == 7 * fill + 1
+
+
+def test_fill_stays_inside_its_gop() -> None:
+    index = _index(60, 30.0, [0, 10, 20, 30, 40, 50])  # 2 s, six GOPs, 8 targets
+    plan = plan_frames(index, SamplingSpec(frames=8, tradeoff=1e9, fill=30))
+    gop = [i // 10 for i in plan.chosen]
+    assert len(set(plan.chosen)) == 8 and all(i < 60 for i in plan.chosen)
+    assert all(plan.prefixes[g * 10] <= 10 for g in set(gop))

@@ -28,6 +28,9 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+FILL_HELP = "a duplicate-avoiding frame is the best of its GOP's next FILL frames (1: the next)"
+
+
 def _train(args: argparse.Namespace) -> int:
     from vidtag.heads import list_heads
     from vidtag.nets import list_models
@@ -59,6 +62,7 @@ def _train(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         policy=args.policy,
+        fill=args.fill,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -90,7 +94,11 @@ def _cache(args: argparse.Namespace) -> int:
     from vidtag.train.cache import build_cache
 
     spec = SamplingSpec(
-        frames=args.frames, height=args.height, width=args.width, policy=args.policy
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        policy=args.policy,
+        fill=args.fill,
     )
     print(build_cache(args.manifest, args.out, spec, args.workers or None, not args.quiet))
     return 0
@@ -126,6 +134,7 @@ def _eval(args: argparse.Namespace) -> int:
         _model_dir(args),
         args.manifest,
         policy=args.policy,
+        fill=args.fill,
         limit=args.limit,
         progress=not args.quiet,
     )
@@ -141,6 +150,7 @@ def _sample(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         policy=args.policy,
+        fill=args.fill,
         threads=args.threads,
         mode=args.mode,
         seed=args.seed,
@@ -217,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--policy", choices=["fast", "exact"], default="fast")
+    p.add_argument("--fill", type=int, default=1, help=FILL_HELP)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -287,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--policy", choices=["fast", "exact"], default="fast")
+    p.add_argument("--fill", type=int, default=1, help=FILL_HELP)
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     p.add_argument("--quiet", action="store_true")
     handlers["cache"] = _cache
@@ -303,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--manifest", required=True)
     p.add_argument("--policy", choices=["fast", "exact"])
+    p.add_argument("--fill", type=int, help="override the artifact's SamplingSpec.fill")
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -314,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=160)
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--policy", choices=["fast", "exact"], default="fast")
+    p.add_argument("--fill", type=int, default=1, help=FILL_HELP)
     p.add_argument("--budget", type=float, help="decode cost cap in keyframe units")
     p.add_argument("--mode", choices=["uniform", "segments", "dense"], default="uniform")
     p.add_argument("--seed", type=int, default=0, help="segments mode: random offsets")

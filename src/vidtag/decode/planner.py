@@ -6,6 +6,7 @@ estimated from its size relative to the mean keyframe (plus a fixed per-packet o
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,6 @@ import numpy as np
 from vidtag.decode.index import PacketIndex
 from vidtag.decode.spec import SamplingSpec
 
-MAX_FILL = 8  # packets a fill may add to reach the next usable frame of a GOP
 PACKET_OVERHEAD = 0.08  # cost units of decoding an empty inter frame, in keyframe equivalents
 
 
@@ -119,20 +119,21 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
         st.prefix[g] = length
         spent += c
 
-    # Fill: targets whose nearest frame is taken get a fresh frame right after it (a few cheap
-    # inter frames at the head of the same GOP) rather than a duplicate.
+    # Fill: a target whose nearest frame is taken gets a fresh one from the same GOP rather
+    # than a duplicate: the frame nearest the target among the GOP's next `spec.fill` usable
+    # frames (fill > 1 spreads the frames of a sparse GOP instead of bunching them after its
+    # keyframe, for up to fill - 1 more packets decoded per fill).
     chosen: list[int] = []
     for t in targets:
         avail = st.available()
         nearest = int(avail[np.argmin(np.abs(pts[avail] - t))])
         if nearest in chosen:
-            # Grow that GOP's prefix to the next usable frame (past any leading pictures).
             g = int(st.gop_of[nearest])
             s0, cur = int(st.starts[g]), int(st.prefix[g])
             end = int(st.starts[g + 1]) if g + 1 < len(st.starts) else len(pts)
-            nxt = next(
-                (j for j in range(s0 + cur, min(end, s0 + cur + MAX_FILL)) if st.usable[j]), None
-            )
+            ahead = (j for j in range(s0 + cur, end) if st.usable[j])
+            window = list(itertools.islice(ahead, spec.fill))
+            nxt = min(window, key=lambda j: (abs(pts[j] - t), j)) if window else None
             if nxt is not None and spent + st.extend_cost(g, nxt - s0 + 1) <= budget:
                 spent += st.extend_cost(g, nxt - s0 + 1)
                 st.prefix[g] = nxt - s0 + 1

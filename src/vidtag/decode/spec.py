@@ -33,6 +33,9 @@ class SamplingSpec:
     policy: Policy = "fast"
     tradeoff: float = 0.06
     budget: float = 48.0
+    # A target whose nearest frame is taken gets the frame nearest it among the next `fill`
+    # usable frames of that GOP (1: the very next frame; more: spread, at more decoding).
+    fill: int = 1
     threads: int = 2  # decoders working on independent GOPs at once (1: sequential)
     # "gops": `threads` single-threaded decoders share the GOPs; "ffmpeg": one decoder, GOPs in
     # order, FFmpeg's own frame+slice threading with `threads` threads (for comparison).
@@ -43,7 +46,7 @@ class SamplingSpec:
     start: float | None = None
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.height < 8 or self.width < 8 or self.threads < 1:
+        if min(self.frames, self.fill, self.threads) < 1 or min(self.height, self.width) < 8:
             raise ValueError(f"invalid sampling spec: {self}")
         if self.policy not in ("fast", "exact"):
             raise ValueError(f"unknown sampling policy {self.policy!r}")

@@ -16,6 +16,7 @@ class TrainConfig:
     height: int = 160
     width: int = 96
     policy: str = "fast"
+    fill: int = 1  # SamplingSpec.fill of the frames trained on (and served: the artifact keeps it)
     epochs: int = 50
     batch_size: int = 16
     lr: float = 2e-3

@@ -20,11 +20,13 @@ def evaluate_artifact(
     manifest: str | Path,
     *,
     policy: str | None = None,
+    fill: int | None = None,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """All SYNTH_SPEC metrics plus mean Jaccard broken down by codec, GOP and size."""
-    tagger = Tagger(model_dir, sampling={"policy": policy} if policy else None)
+    overrides = {"policy": policy, "fill": fill}
+    tagger = Tagger(model_dir, sampling={k: v for k, v in overrides.items() if v is not None})
     clips = read_manifest(manifest)[:limit]
     rows = [json.loads(x) for x in Path(manifest).read_text().splitlines() if x.strip()][:limit]
     meta = tagger.meta

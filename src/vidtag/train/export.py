@@ -99,7 +99,7 @@ def export_artifact(
         thresholds = thresholds or state["thresholds"]
         group_limits = group_limits or state.get("group_limits")
         metrics = {"validation": state["val_metrics"], **(metrics or {})}
-        sampling = sampling or {"policy": cfg["policy"]}
+        sampling = sampling or {"policy": cfg["policy"], "fill": cfg.get("fill", 1)}
         extra = {
             "checkpoint_epoch": state["epoch"],
             "train_config": cfg,

@@ -51,7 +51,13 @@ def input_spec(cfg: TrainConfig) -> InputSpec:
 
 
 def sampling_spec(cfg: TrainConfig) -> SamplingSpec:
-    return SamplingSpec(frames=cfg.frames, height=cfg.height, width=cfg.width, policy=cfg.policy)  # type: ignore[arg-type]
+    return SamplingSpec(
+        frames=cfg.frames,
+        height=cfg.height,
+        width=cfg.width,
+        policy=cfg.policy,  # type: ignore[arg-type]
+        fill=cfg.fill,
+    )
 
 
 def _cached(
