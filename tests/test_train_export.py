@@ -17,6 +17,7 @@ from vidtag.errors import ModelError
 from vidtag.nets import create_model
 from vidtag.runtime.artifact import InputSpec, load_meta
 from vidtag.train.config import TrainConfig
+from vidtag.train.evaluate import evaluate_artifact, format_metrics
 from vidtag.train.export import export_artifact
 from vidtag.train.trainer import MEAN, STD, evaluate_epoch, train
 
@@ -70,6 +71,19 @@ def test_train_resume_export_and_tag(tiny_manifest: Path, tmp_path: Path) -> Non
     assert res.all_scores.shape == (22,)
     with pytest.raises(FileExistsError):
         export_artifact(tmp_path / "models", name="tiny", version="1", checkpoint=best)
+
+
+def test_fill_trained_with_is_the_fill_served(tiny_manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fill"
+    best = train(_cfg(tiny_manifest, out, epochs=1, fill=3))
+    assert json.loads((out / "cache-train" / "spec.json").read_text())["spec"]["fill"] == 3
+    art = export_artifact(tmp_path / "models", name="tiny", version="1", checkpoint=best)
+    assert load_meta(art).sampling == {"policy": "fast", "fill": 3}
+    assert Tagger(art).spec.fill == 3
+    assert Tagger(art, sampling={"fill": 1}).spec.fill == 1
+    m = evaluate_artifact(art, tiny_manifest, policy="exact", fill=2, progress=False)
+    assert (m["policy"], m["fill"], m["clips"], m["failed"]) == ("exact", 2, 6, [])
+    assert "fill 2" in format_metrics(m)
 
 
 def test_time_budget_ends_training_at_the_first_epoch_past_it(

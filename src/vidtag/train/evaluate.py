@@ -63,11 +63,14 @@ def evaluate_artifact(
     metrics["failed"] = failed
     metrics["model"] = f"{meta.name}/{meta.version}"
     metrics["policy"] = tagger.spec.policy
+    metrics["fill"] = tagger.spec.fill
     return metrics
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    lines = [f"model {m['model']}  policy {m['policy']}  clips {int(m['clips'])}"]
+    lines = [
+        f"model {m['model']}  policy {m['policy']} (fill {m['fill']})  clips {int(m['clips'])}"
+    ]
     for k in ("mean_jaccard", "mAP", "micro_f1", "macro_f1", "hit_at_1", "exact_match"):
         lines.append(f"  {k:<14} {m[k]:.4f}")
     for k in sorted(x for x in m if x.startswith("acc_")):
