@@ -15,7 +15,7 @@
 # masks of the encoded STB-1 clips and of the rendered ones.
 # Knobs (environment): N_TRAIN (upper bound; SYNTH_S decides) SEED_TRAIN SYNTH_S STAGES END_BY
 # RESERVE ARCH NAME VERSION BATCH LR AUGMENT DEVICE WORK RESULTS SYNTH_WORKERS RENDER
-# RENDER_SEED RENDER_WORKERS AUX PY.
+# RENDER_SEED RENDER_WORKERS AUX HEIGHT WIDTH FILL PY.
 # The packed results unpack into $WORK/models/$NAME/$VERSION plus the runs' histories and logs.
 set -euo pipefail
 
@@ -39,6 +39,9 @@ CORES=$(nproc)
 RENDER=${RENDER:-0}
 RENDER_SEED=${RENDER_SEED:-1000}
 AUX=${AUX:-0}
+HEIGHT=${HEIGHT:-160} # network input (frames are cached at this size)
+WIDTH=${WIDTH:-96}
+FILL=${FILL:-1} # SamplingSpec.fill of the frames trained on (the artifact serves with it)
 # leave two cores to the trainer, whose Python loop launches the GPU kernels; with RENDER, half
 # of the others encode while synthesis runs, and all of them render after it
 FREE=$((CORES > 3 ? CORES - 2 : 1))
@@ -79,7 +82,7 @@ train() {
         --out "$1" --arch "$ARCH" --device "$DEVICE" --time-budget "$3" --epochs 100000 \
         --batch-size "$BATCH" --lr "$LR" --augment "$AUGMENT" --threads 2 --no-keep-epochs \
         --render-per-epoch "$RENDER" --render-seed $((RENDER_SEED + runs)) --render-workers "$rw" \
-        --aux-masks "$AUX" \
+        --aux-masks "$AUX" --height "$HEIGHT" --width "$WIDTH" --fill "$FILL" \
         ${4:+--init "$4"} --quiet >"$1/train.log" 2>&1
     tail -n 2 "$1/train.log" | head -n 1 | cut -c 1-400
 }
