@@ -80,9 +80,10 @@ model-gpu: install
 	cp -r $(WORK)/gpu/models/stb1/$(MODEL_VERSION) $(MODELS)/stb1/
 	$(MAKE) eval-default
 
-# The CPU recipe of the default model (stb1/3, x2plus1d_ot, ~2 h on 2 cores): synthesise; train
-# x2plus1d_o with the generator's object masks for an hour; extend it with the track head and
-# train 50 min more; export, evaluate.
+# The CPU recipe of the default model (stb1/4, x2plus1d_ot, ~3 h on 2 cores): synthesise; train
+# x2plus1d_o at 8x160x96 with the generator's object masks for an hour; extend it with the track
+# head and train 50 min more; go on at 8x224x128 with spread fills (--fill 8) for 70 min;
+# export, evaluate.
 TRAIN = $(VENV)/bin/vidtag train --manifest $(WORK)/train/manifest.jsonl --aux-masks 1.0 \
 	--augment full --epochs 1000
 model: install
@@ -90,7 +91,9 @@ model: install
 	$(TRAIN) --out $(WORK)/run-o --arch x2plus1d_o --time-budget 3600
 	$(TRAIN) --out $(WORK)/run-ot --arch x2plus1d_ot --time-budget 3000 --lr 1e-3 --warmup 0.05 \
 	  --init $(WORK)/run-o/best.pt
-	$(VENV)/bin/vidtag export --checkpoint $(WORK)/run-ot/best.pt --out $(MODELS) --name stb1 --version $(MODEL_VERSION)
+	$(TRAIN) --out $(WORK)/run-hr --arch x2plus1d_ot --height 224 --width 128 --fill 8 \
+	  --time-budget 4200 --lr 1e-3 --warmup 0.05 --init $(WORK)/run-ot/best.pt
+	$(VENV)/bin/vidtag export --checkpoint $(WORK)/run-hr/best.pt --out $(MODELS) --name stb1 --version $(MODEL_VERSION)
 	$(MAKE) eval-default
 
 eval-default: install
