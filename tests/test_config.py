@@ -86,6 +86,14 @@ def test_decode_threads_default_to_twice_the_cores_up_to_eight(
         ServeConfig(decode_threads=0)
 
 
+def test_decode_budget_reaches_the_sampling_spec() -> None:
+    assert "budget_ms" not in ServeConfig().sampling_overrides  # the model's own
+    cfg = config_from_args(_args("--decode-budget-ms", "250"), env={})
+    assert cfg.sampling_overrides == {"threads": cfg.resolved_decode_threads, "budget_ms": 250.0}
+    with pytest.raises(ValueError, match="decode_budget_ms"):
+        ServeConfig(decode_budget_ms=-1.0)
+
+
 def test_device_defaults_pick_the_runtime_and_precision() -> None:
     cpu = ServeConfig()
     assert (cpu.device, cpu.resolved_runtime, cpu.resolved_precision) == ("cpu", "onnx", "fp32")

@@ -9,7 +9,7 @@ from media import encode_clip, red_centroid_x
 
 from vidtag.decode import DecodeLimits, SamplingSpec, backends, sample_frames
 from vidtag.decode.index import PacketIndex
-from vidtag.decode.planner import plan_frames
+from vidtag.decode.planner import MS_PER_KB, packet_costs, packet_ms, plan_frames
 from vidtag.errors import InvalidVideo, LimitExceeded
 
 
@@ -63,6 +63,32 @@ def test_single_keyframe_clip_is_spread_by_forward_decoding(single_key_clip: Pat
     assert clip.keyframes == 1
     # Worth decoding forward: the returned frames cover more than half of the clip.
     assert max(clip.timestamps) - min(clip.timestamps) > 2.0
+
+
+def test_budget_ms_caps_forward_decoding(single_key_clip: Path) -> None:
+    def decoded(budget_ms: float) -> int:
+        spec = SamplingSpec(frames=8, height=64, width=32, budget_ms=budget_ms)
+        return sample_frames(single_key_clip, spec).frames_decoded
+
+    # The keyframe is decoded whatever the cap; forward decoding grows with it.
+    assert decoded(0.0) == 1
+    assert 1 < decoded(2.0) < decoded(1e6)
+
+
+def test_packet_cost_model_charges_pixels_and_bytes() -> None:
+    small, big = _index(30, 30.0, [0]), _index(30, 30.0, [0])
+    big.width, big.height = 1080, 1920
+    ms_small, ms_big = packet_ms(small), packet_ms(big)
+    inter_bytes_ms = MS_PER_KB  # the 1 KB inter packets of _index
+    assert ms_big[1] - inter_bytes_ms == pytest.approx(4 * (ms_small[1] - inter_bytes_ms), rel=0.1)
+    assert ms_small[0] - ms_small[1] == pytest.approx(9 * MS_PER_KB)  # 9 KB more
+    # Relative to its keyframe an inter frame of a bigger picture costs more in time (the
+    # fixed work per pixel grows, the keyframe's bytes do not), not in size; AV1's fixed
+    # work is cheaper.
+    assert ms_big[1] / ms_big[0] > ms_small[1] / ms_small[0]
+    assert packet_costs(big)[1] == packet_costs(small)[1]
+    small.codec = "libdav1d"
+    assert packet_ms(small)[1] < ms_small[1]
 
 
 def test_budget_caps_decoding(single_key_clip: Path) -> None:

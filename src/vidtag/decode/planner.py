@@ -1,7 +1,10 @@
 """GOP-aware frame planning: which packet prefix of which GOP to decode for the targets.
 
-Decoding is sequential inside a GOP, so a plan is a prefix length per GOP. Cost of a packet is
-estimated from its size relative to the mean keyframe (plus a fixed per-packet overhead).
+Decoding is sequential inside a GOP, so a plan is a prefix length per GOP. Two estimates of a
+packet's cost: relative, its size against the clip's mean keyframe plus a fixed overhead (the
+units of `tradeoff` and `budget`, and what the bundled models were trained with), and absolute,
+its decode time on a reference core (a per-pixel part every frame pays, motion compensation,
+deblocking and output, plus a per-byte part, entropy decoding; the units of `budget_ms`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ import numpy as np
 from vidtag.decode.index import PacketIndex
 from vidtag.decode.spec import SamplingSpec
 
-PACKET_OVERHEAD = 0.08  # cost units of decoding an empty inter frame, in keyframe equivalents
+PACKET_OVERHEAD = 0.08  # relative cost of an empty inter frame, in keyframe equivalents
+# Reference decode time of one frame on one core of this project's 2-core CI machine (FFmpeg's
+# software decoders in PyAV 18), fitted on STB-1 test clips of every codec at 480x854..1080x1920:
+# ns per pixel of a near-empty inter frame, and ms per KB of packet. E.g. H.264 540x960: an
+# inter frame 0.4-0.6 ms, a 36 KB keyframe 3.6 ms; at 1080x1920 2.5-3.9 ms and 8.4 ms.
+NS_PER_PIXEL = {"h264": 1.0, "hevc": 1.2, "vp9": 0.7, "av1": 0.25, "libdav1d": 0.25}
+MS_PER_KB = 0.1
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,14 @@ class Plan:
         return sum(self.prefixes.values())
 
 
+def packet_ms(index: PacketIndex) -> np.ndarray:
+    """Estimated decode time of each packet on the reference core (ms)."""
+    per_frame = NS_PER_PIXEL.get(index.codec, 1.0) * 1e-6 * index.width * index.height
+    return per_frame + index.sizes * (MS_PER_KB / 1000.0)
+
+
 def packet_costs(index: PacketIndex) -> np.ndarray:
+    """Relative cost of each packet, in units of the clip's mean keyframe."""
     key_sizes = index.sizes[index.is_key]
     unit = float(key_sizes.mean()) if key_sizes.size else float(index.sizes.mean())
     return PACKET_OVERHEAD + index.sizes / max(unit, 1.0)
@@ -62,9 +78,10 @@ class _State:
         got = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
         return got[self.usable[got]]
 
-    def extend_cost(self, g: int, length: int) -> float:
+    def extend_cost(self, g: int, length: int, costs: np.ndarray | None = None) -> float:
         s, cur = int(self.starts[g]), int(self.prefix[g])
-        return float(self.costs[s + cur : s + length].sum()) if length > cur else 0.0
+        c = self.costs if costs is None else costs
+        return float(c[s + cur : s + length].sum()) if length > cur else 0.0
 
 
 def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
@@ -72,6 +89,7 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     targets = np.asarray(spec.targets(index.duration, index.fps), dtype=np.float64)
     pts = index.pts_s
     costs = packet_costs(index)
+    ms = packet_ms(index)
     st = _State(index, costs)
 
     if spec.mode == "dense":
@@ -80,10 +98,17 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     for t in targets:
         k = int(keys[np.argmin(np.abs(pts[keys] - t))])
         st.prefix[st.gop_of[k]] = max(st.prefix[st.gop_of[k]], 1)
-    spent = float(sum(costs[int(s)] for s, n in zip(st.starts, st.prefix, strict=True) if n))
+    seeded = [int(s) for s, n in zip(st.starts, st.prefix, strict=True) if n]
+    spent, spent_ms = float(costs[seeded].sum()), float(ms[seeded].sum())
 
     exact = spec.policy == "exact"
     budget = float("inf") if exact else spec.budget
+    budget_ms = float("inf") if exact else spec.budget_ms
+
+    def affordable(g: int, length: int) -> bool:
+        c, c_ms = st.extend_cost(g, length), st.extend_cost(g, length, ms)
+        return spent + c <= budget and spent_ms + c_ms <= budget_ms
+
     norm = max(index.duration, 1e-6)
     # The exact frame for each target, and the prefix needed to reach it.
     usable = np.flatnonzero(st.usable)
@@ -100,9 +125,9 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
             length = i - s + 1
             if length <= st.prefix[g]:
                 continue
-            c = st.extend_cost(g, length)
-            if spent + c > budget:
+            if not affordable(g, length):
                 continue
+            c = st.extend_cost(g, length)
             trial = st.prefix.copy()
             trial[g] = length
             gain = (cur - _deviation(targets, pts[st.available(trial)])) / norm
@@ -116,6 +141,7 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
         if choice is None:
             break
         _, g, length, c = choice
+        spent_ms += st.extend_cost(g, length, ms)
         st.prefix[g] = length
         spent += c
 
@@ -134,8 +160,9 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
             ahead = (j for j in range(s0 + cur, end) if st.usable[j])
             window = list(itertools.islice(ahead, spec.fill))
             nxt = min(window, key=lambda j: (abs(pts[j] - t), j)) if window else None
-            if nxt is not None and spent + st.extend_cost(g, nxt - s0 + 1) <= budget:
+            if nxt is not None and affordable(g, nxt - s0 + 1):
                 spent += st.extend_cost(g, nxt - s0 + 1)
+                spent_ms += st.extend_cost(g, nxt - s0 + 1, ms)
                 st.prefix[g] = nxt - s0 + 1
                 avail = st.available()
         free = np.array([i for i in avail.tolist() if i not in chosen], dtype=np.int64)

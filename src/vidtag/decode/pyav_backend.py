@@ -17,7 +17,7 @@ import numpy as np
 from vidtag.decode import mp4
 from vidtag.decode.index import PacketIndex, build_index
 from vidtag.decode.limits import DecodeLimits
-from vidtag.decode.planner import Plan, packet_costs, plan_frames
+from vidtag.decode.planner import Plan, packet_ms, plan_frames
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.source import Source
 from vidtag.decode.spec import SamplingSpec
@@ -287,7 +287,7 @@ def execute_plan(
         out, decoded, corrupt = run.decode_gops(main, gops, own=True)
         return out, decoded, corrupt, run.rotation or 0
     # All decoders start at once; the stream's own one takes the group with the first GOP.
-    groups = _split(gops, packet_costs(index), threads)
+    groups = _split(gops, packet_ms(index), threads)
     groups.sort(key=lambda grp: grp[0] != gops[0])
     futures = [
         _pool(threads).submit(

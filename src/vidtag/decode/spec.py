@@ -24,7 +24,10 @@ class SamplingSpec:
     `policy="fast"` trades temporal accuracy for decode cost: a frame is decoded only if the
     reduction in deviation from the targets (as a fraction of the clip's duration) is worth at
     least `tradeoff` per unit of cost, where one unit is the cost of decoding an average keyframe.
-    `budget` caps the total cost in those units. `policy="exact"` decodes whatever it takes.
+    `budget` caps the total cost in those units and `budget_ms` the estimated decode time on
+    the reference core (planner.NS_PER_PIXEL; unbounded by default): keyframes nearest the
+    targets are always decoded, extensions and fills only within both caps.
+    `policy="exact"` decodes whatever it takes.
     """
 
     frames: int = 8
@@ -33,6 +36,7 @@ class SamplingSpec:
     policy: Policy = "fast"
     tradeoff: float = 0.06
     budget: float = 48.0
+    budget_ms: float = float("inf")
     # A target whose nearest frame is taken gets the frame nearest it among the next `fill`
     # usable frames of that GOP (1: the very next frame; more: spread, at more decoding).
     fill: int = 1

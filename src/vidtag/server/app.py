@@ -300,7 +300,7 @@ class VidtagServer:
             model_dir,
             limits=_limits(self.config),
             threads=self.config.inference_threads,
-            sampling={"threads": self.config.resolved_decode_threads},
+            sampling=self.config.sampling_overrides,
             runtime=self.config.runtime_options(),
         )
         model = self._serve_model(tagger)

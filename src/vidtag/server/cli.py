@@ -132,6 +132,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="decoders sharing one clip's GOPs while decoders are idle (default: min(8, cores))",
     )
     parser.add_argument(
+        "--decode-budget-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="cap on a clip's estimated decode time, reference-core ms (fast plans: the "
+        "keyframes nearest the targets are decoded regardless; default: the model's, none)",
+    )
+    parser.add_argument(
         "--inference-threads",
         type=int,
         default=None,
@@ -283,6 +291,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "max_queue_size": ("max_queue_size", None),
     "inference_threads": ("inference_threads", None),
     "decode_threads": ("decode_threads", None),
+    "decode_budget_ms": ("decode_budget_ms", None),
     "max_concurrent_rpcs": ("max_concurrent_rpcs", None),
     "log_level": ("log_level", None),
     "repository_poll_s": ("repository_poll_s", None),

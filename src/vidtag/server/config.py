@@ -57,6 +57,10 @@ class ServeConfig:
     # 25.4 vs 30.3 ms over STB-1 test clips): the spare threads absorb uneven GOPs. FFmpeg's
     # own threading does not speed up independent keyframes at all.
     decode_threads: int | None = None
+    # Cap on a clip's estimated decode time (SamplingSpec.budget_ms, reference-core ms) for
+    # `fast` plans; None: the model's own (unbounded by default). Keyframes nearest the
+    # targets are decoded regardless; forward decoding (sparse keyframes) stops at the cap.
+    decode_budget_ms: float | None = None
     # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
     max_concurrent_rpcs: int | None = None
     log_level: str = "INFO"
@@ -110,6 +114,14 @@ class ServeConfig:
         )
 
     @property
+    def sampling_overrides(self) -> dict[str, float | int]:
+        """SamplingSpec fields the server sets over the model's own."""
+        out: dict[str, float | int] = {"threads": self.resolved_decode_threads}
+        if self.decode_budget_ms is not None:
+            out["budget_ms"] = self.decode_budget_ms
+        return out
+
+    @property
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or min(8, 2 * (os.cpu_count() or 1))
 
@@ -140,6 +152,8 @@ class ServeConfig:
             raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if self.decode_budget_ms is not None and self.decode_budget_ms < 0:
+            raise ValueError(f"decode_budget_ms must be >= 0, got {self.decode_budget_ms}")
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}")
         if self.inference_threads is not None and self.inference_threads < 1:
