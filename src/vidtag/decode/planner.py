@@ -105,9 +105,10 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     budget = float("inf") if exact else spec.budget
     budget_ms = float("inf") if exact else spec.budget_ms
 
-    def affordable(g: int, length: int) -> bool:
+    def price(g: int, length: int) -> tuple[float, float] | None:
+        """(relative cost, ms) of growing GOP g's prefix to `length`; None beyond a cap."""
         c, c_ms = st.extend_cost(g, length), st.extend_cost(g, length, ms)
-        return spent + c <= budget and spent_ms + c_ms <= budget_ms
+        return (c, c_ms) if spent + c <= budget and spent_ms + c_ms <= budget_ms else None
 
     norm = max(index.duration, 1e-6)
     # The exact frame for each target, and the prefix needed to reach it.
@@ -117,7 +118,7 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
         cur = _deviation(targets, pts[st.available()])
         if cur <= 1e-9:
             break
-        choice: tuple[float, int, int, float] | None = None
+        choice: tuple[float, int, int, tuple[float, float]] | None = None
         for i in best:
             g = int(st.gop_of[i])
             s = int(st.starts[g])
@@ -125,25 +126,24 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
             length = i - s + 1
             if length <= st.prefix[g]:
                 continue
-            if not affordable(g, length):
+            cost = price(g, length)
+            if cost is None:
                 continue
-            c = st.extend_cost(g, length)
             trial = st.prefix.copy()
             trial[g] = length
             gain = (cur - _deviation(targets, pts[st.available(trial)])) / norm
-            ratio = gain / max(c, 1e-9)
+            ratio = gain / max(cost[0], 1e-9)
             if (
                 gain > 0
                 and (exact or ratio >= spec.tradeoff)
                 and (choice is None or ratio > choice[0])
             ):
-                choice = (ratio, g, length, c)
+                choice = (ratio, g, length, cost)
         if choice is None:
             break
-        _, g, length, c = choice
-        spent_ms += st.extend_cost(g, length, ms)
+        _, g, length, (c, c_ms) = choice
         st.prefix[g] = length
-        spent += c
+        spent, spent_ms = spent + c, spent_ms + c_ms
 
     # Fill: a target whose nearest frame is taken gets a fresh one from the same GOP rather
     # than a duplicate: the frame nearest the target among the GOP's next `spec.fill` usable
@@ -160,9 +160,9 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
             ahead = (j for j in range(s0 + cur, end) if st.usable[j])
             window = list(itertools.islice(ahead, spec.fill))
             nxt = min(window, key=lambda j: (abs(pts[j] - t), j)) if window else None
-            if nxt is not None and affordable(g, nxt - s0 + 1):
-                spent += st.extend_cost(g, nxt - s0 + 1)
-                spent_ms += st.extend_cost(g, nxt - s0 + 1, ms)
+            cost = price(g, nxt - s0 + 1) if nxt is not None else None
+            if nxt is not None and cost is not None:
+                spent, spent_ms = spent + cost[0], spent_ms + cost[1]
                 st.prefix[g] = nxt - s0 + 1
                 avail = st.available()
         free = np.array([i for i in avail.tolist() if i not in chosen], dtype=np.int64)
