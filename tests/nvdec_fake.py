@@ -87,7 +87,7 @@ class FakeNvc:
 
     cudaVideoCodec = SimpleNamespace(H264="H264", HEVC="HEVC", VP9="VP9", AV1="AV1")
     OutputColorType = SimpleNamespace(NATIVE="NATIVE")
-    DisplayDecodeLatencyType = SimpleNamespace(NATIVE="NATIVE")
+    DisplayDecodeLatencyType = SimpleNamespace(NATIVE="NATIVE", LOW="LOW", ZERO="ZERO")
     PacketData = PacketData
 
     def __init__(self) -> None:

@@ -428,6 +428,25 @@ def test_fake_nvdec_matches_pyav(clip: str, policy: str, request: pytest.Fixture
         assert all(np.isfinite(xs)) and all(b > a for a, b in itertools.pairwise(xs))
 
 
+@pytest.mark.parametrize("latency", ["NATIVE", "ZERO"])
+def test_flushing_once_per_clip_returns_the_same_frames(h264_clip: Path, latency: str) -> None:
+    """`flush_each_gop=False` feeds every planned GOP and flushes once at the end: the same
+    frames come back, with one end-of-stream packet instead of one per GOP. The latency mode
+    reaches the decoder."""
+    spec = SamplingSpec(frames=6, height=64, width=32)
+    got = {}
+    for each in (True, False):
+        fake = FakeNvc()
+        pool = _cpu_pool(fake, flush_each_gop=each, latency=latency)
+        got[each] = nvdec.sample_nvdec_cuda(h264_clip, spec, DecodeLimits(), pool=pool)
+        (dec,) = fake.decoders
+        assert dec.kwargs["latency"] == latency
+        gops = len({int(g) for g in got[each].timestamps})  # one keyframe a second
+        assert dec.flushes == (gops if each else 1) and gops > 1
+    assert got[True].timestamps == got[False].timestamps
+    assert np.array_equal(got[True].frames.numpy(), got[False].frames.numpy())
+
+
 def test_registered_backend_copies_to_host(
     h264_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

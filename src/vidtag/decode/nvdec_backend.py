@@ -31,6 +31,7 @@ import av
 import av.bitstream
 import numpy as np
 
+from vidtag.decode.h264_sps import parse_sps
 from vidtag.decode.index import PacketIndex
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.mp4 import isobmff_rotation
@@ -459,6 +460,11 @@ class NvdecDecoderPool:
     max_height: int = DEFAULT_MAX_SIZE
     module: Any = None
     device: str | None = None
+    # Flush (an end-of-stream packet) after every GOP, or once after the clip's last GOP.
+    flush_each_gop: bool = True
+    # DisplayDecodeLatencyType: NATIVE (display order, ~4 frames held back), LOW (display
+    # order, none held back) or ZERO (decode order).
+    latency: str = "NATIVE"
     created: int = 0  # sessions created so far
     reconfigured: int = 0  # size changes handled by reconfiguring
     _local: threading.local = field(default_factory=threading.local, repr=False)
@@ -511,7 +517,7 @@ class NvdecDecoderPool:
             maxwidth=max_size[0],
             maxheight=max_size[1],
             outputColorType=nvc.OutputColorType.NATIVE,
-            latency=nvc.DisplayDecodeLatencyType.NATIVE,
+            latency=getattr(nvc.DisplayDecodeLatencyType, self.latency),
         )
         with self._lock:
             self.created += 1
@@ -597,11 +603,12 @@ class NvdecDecoderPool:
                 frames = s.decoder.Decode(pkt)
                 out += len(frames)
                 take(frames)
-            end = nvc.PacketData()  # empty packet: end of stream, flushes the reorder queue
-            end.bsl, end.bsl_data = 0, 0
-            frames = s.decoder.Decode(end)
-            out += len(frames)
-            take(frames)
+            if self.flush_each_gop or gop is gops[-1]:
+                end = nvc.PacketData()  # empty packet: end of stream, flushes the reorder queue
+                end.bsl, end.bsl_data = 0, 0
+                frames = s.decoder.Decode(end)
+                out += len(frames)
+                take(frames)
         return out
 
     def _surface(self, s: _Session, frame: Any) -> Any:
@@ -660,6 +667,38 @@ def _bit_depth(stream: Any, codec: str) -> int:
     return bits
 
 
+class PictureFormat(NamedTuple):
+    bits: int
+    full_range: bool
+    colorspace: int  # AVColorSpace; 2 = unspecified (BT.601 is assumed)
+
+
+def picture_format(stream: Any, codec: str, gops: list[GopUnits]) -> PictureFormat:
+    """Bit depth and colour of the decoded pictures. The light stream probe leaves an H.264
+    stream's pixel format unknown; its SPS (in front of the first planned keyframe, from the
+    extradata or in-band) says it instead."""
+    cc = stream.codec_context
+    colorspace = int(cc.colorspace or 2)
+    if cc.format is not None or codec != "h264":
+        yuvj = cc.format is not None and cc.format.name.startswith("yuvj")
+        return PictureFormat(_bit_depth(stream, codec), yuvj or cc.color_range == 2, colorspace)
+    first = gops[0].units[0].data if gops and gops[0].units else b""
+    sps = next((n for n in _start_code_split(first) if n and n[0] & 0x1F == 7), None)
+    if sps is None:
+        raise InvalidVideo("H.264 stream without a sequence parameter set before its keyframe")
+    try:
+        info = parse_sps(sps)
+    except ValueError as exc:
+        raise InvalidVideo(f"unreadable H.264 sequence parameter set: {exc}") from exc
+    if info.chroma_format != 1:
+        raise InvalidVideo("H.264 chroma format not supported by the nvdec backend (4:2:0 only)")
+    if info.bit_depth > 8:
+        raise InvalidVideo(f"{info.bit_depth}-bit H.264 not supported by NVDEC")
+    if colorspace == 2:
+        colorspace = info.matrix
+    return PictureFormat(8, info.full_range or cc.color_range == 2, colorspace)
+
+
 def sample_nvdec_cuda(
     source: bytes | str | Path,
     spec: SamplingSpec,
@@ -681,22 +720,21 @@ def sample_nvdec_cuda(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailable("decode backend 'nvdec' needs a CUDA device; none is visible")
 
-    with indexed(source, limits) as (src, container, stream, index):
+    # The light probe: FFmpeg decodes no picture to open the container (picture_format).
+    with indexed(source, limits, light_probe=True) as (src, container, stream, index):
         codec = stream_codec(stream)
         nvdec_codec(codec)
-        bits = _bit_depth(stream, codec)
         plan = plan_frames(index, spec)
         gops = planned_access_units(index, plan, stream)
+        bits, full_range, colorspace = picture_format(stream, codec, gops)
         rotation = display_rotation(src, container, stream, index)
-        cc = stream.codec_context
-        yuvj = cc.format is not None and cc.format.name.startswith("yuvj")
         convert = Nv12ToRgb.build(
             index.height,
             index.width,
             (spec.height, spec.width),
             rotation,
-            int(cc.colorspace or 2),
-            yuvj or cc.color_range == 2,
+            colorspace,
+            full_range,
             device,
         )
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# NVDEC profile on a CUDA machine (issue 6): benchmarks/nvdec_profile.py plus the test suite's
+# CUDA-only tests, in one device call of about 3 minutes with no gRPC packages needed:
+#   run(command="bash scripts/nvdec_profile.sh", carry=[".whl", "build/gpu-bench/pynv"],
+#       timeout_s=300)
+# .whl/ holds the PyAV wheel (see scripts/gpu_check.sh); build/gpu-bench/pynv/ holds
+# PyNvVideoCodec unpacked and slimmed to its CUDA 13 module (9 MB instead of the 27 MB wheel, so
+# both fit one call's 64 MiB):
+#   unzip -q pynvvideocodec-2.2.4-*.whl -d /tmp/nvw && cd /tmp/nvw/PyNvVideoCodec &&
+#   mkdir -p $P/PyNvVideoCodec && cp -r __init__.py decoders transcoder VersionCheck*.so \
+#     PyNvVideoCodec_130*.so libavformat.so.63 libavutil.so.61 $P/PyNvVideoCodec/ &&
+#   cp -r ../pynvvideocodec. $P/        # P=build/gpu-bench/pynv
+# Arguments go to benchmarks/nvdec_profile.py. Writes nvdec-profile.json, profile.log and
+# pytest-cuda.log into $OUT when set, else build/gpu-bench/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+out=${OUT:-build/gpu-bench}
+mkdir -p "$out"
+site=/tmp/site
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if ((${#wheels[@]})); then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "${wheels[@]}" || { echo "installing the wheels failed"; exit 2; }
+fi
+export PYTHONPATH=$site:build/gpu-bench/pynv:src
+nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
+python3 benchmarks/nvdec_profile.py --out "$out/nvdec-profile.json" "$@" 2>&1 | tee "$out/profile.log"
+rc=${PIPESTATUS[0]}
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_torch_backend.py -k cuda 2>&1 \
+  | tail -15 | tee "$out/pytest-cuda.log"
+echo "nvdec_profile: exit $rc"
+exit "$rc"
