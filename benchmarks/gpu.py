@@ -582,7 +582,7 @@ def serve_args(cfg: Config, args: argparse.Namespace, help_text: str) -> list[st
     if cfg.decoder in ("pyav", "hybrid"):
         a += ["--workers", str(args.cpu_workers)]  # CPU decode worker processes
     if cfg.decoder in ("nvdec", "hybrid") and has_flag(help_text, "--nvdec-workers"):
-        a += ["--nvdec-workers", str(args.nvdec_workers)]  # NVDEC threads in the server
+        a += ["--nvdec-workers", str(args.nvdec_workers)]  # NVDEC decoders (processes)
     if path_input(help_text):
         a += ["--allow-path-root", str(clip_folder(args))]  # the latency phase's path row
     return a + list(args.serve_arg)

@@ -19,6 +19,12 @@
 # bring it with a first call, `run(command="true", carry=["build/gpu-bench/nvdec-wheel"])`, and
 # start the one above within the 30 s the machine stays warm: ignored paths already there are
 # kept between calls. Without it, nvdec and hybrid are skipped and reported as such.
+# One call instead: PyNvVideoCodec slimmed into build/gpu-bench/pynv (scripts/nvdec_profile.sh
+# says how), grpcio, grpcio-health-checking and grpcio-reflection alone in
+# build/gpu-bench/wheels-min, and the gRPC stubs generated here (the device has protobuf):
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl", "build/gpu-bench/pynv",
+#       "build/gpu-bench/wheels-min", "src/vidtag/v1/tagger_pb2.py",
+#       "src/vidtag/v1/tagger_pb2_grpc.py", "src/vidtag/v1/tagger_pb2.pyi"], timeout_s=600)
 #
 # Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
@@ -33,14 +39,16 @@ site=${SITE:-/tmp/site}  # where the wheels are installed
 mkdir -p "$out" build/gpu-bench
 
 shopt -s nullglob
-wheels=(.whl/*.whl build/gpu-bench/wheels/*.whl build/gpu-bench/nvdec-wheel/*.whl)
+wheels=(.whl/*.whl build/gpu-bench/wheels*/*.whl build/gpu-bench/nvdec-wheel/*.whl)
+export PYTHONPATH=src
+if [ -d build/gpu-bench/pynv/PyNvVideoCodec ]; then  # PyNvVideoCodec unpacked (nvdec_profile.sh)
+  export PYTHONPATH=build/gpu-bench/pynv:$PYTHONPATH
+fi
 if ((${#wheels[@]})); then
   echo "installing ${#wheels[@]} wheel(s) into $site: ${wheels[*]##*/}"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$site" "${wheels[@]}" || { echo "gpu_check: installing the wheels failed"; exit 2; }
-  export PYTHONPATH=$site:src
-else
-  export PYTHONPATH=src
+  export PYTHONPATH=$site:$PYTHONPATH
 fi
 
 # What this machine offers (also kept as env.txt).

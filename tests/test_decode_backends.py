@@ -22,7 +22,7 @@ import pytest
 from media import encode_clip, red_centroid_x
 from nvdec_fake import FakeDecoder, FakeNvc
 
-from vidtag.decode import DecodeLimits, SamplingSpec, backends, sample_frames
+from vidtag.decode import DecodeLimits, SamplingSpec, backends, pyav_backend, sample_frames
 from vidtag.decode import nvdec_backend as nvdec
 from vidtag.decode.index import PacketIndex, build_index
 from vidtag.decode.mp4 import isobmff_rotation
@@ -428,21 +428,28 @@ def test_fake_nvdec_matches_pyav(clip: str, policy: str, request: pytest.Fixture
         assert all(np.isfinite(xs)) and all(b > a for a, b in itertools.pairwise(xs))
 
 
-@pytest.mark.parametrize("latency", ["NATIVE", "ZERO"])
-def test_flushing_once_per_clip_returns_the_same_frames(h264_clip: Path, latency: str) -> None:
-    """`flush_each_gop=False` feeds every planned GOP and flushes once at the end: the same
-    frames come back, with one end-of-stream packet instead of one per GOP. The latency mode
-    reaches the decoder."""
+@pytest.mark.parametrize(("open_gop", "latency"), [(False, "NATIVE"), (True, "LOW")])
+def test_flushes_only_in_front_of_non_idr_keyframes(
+    tmp_path: Path, open_gop: bool, latency: str
+) -> None:
+    """By default the decoder is flushed after the last GOP and in front of a keyframe that is
+    not an IDR (an open GOP's recovery point, whose leading frames refer to the GOP before):
+    the frames are those of a flush after every GOP. The latency mode reaches the decoder."""
+    path = encode_clip(tmp_path / "c.mp4", seconds=4.0, gop=25, open_gop=open_gop)
     spec = SamplingSpec(frames=6, height=64, width=32)
-    got = {}
-    for each in (True, False):
+    got, flushes = {}, {}
+    for every in (True, False):
         fake = FakeNvc()
-        pool = _cpu_pool(fake, flush_each_gop=each, latency=latency)
-        got[each] = nvdec.sample_nvdec_cuda(h264_clip, spec, DecodeLimits(), pool=pool)
+        pool = _cpu_pool(fake, flush_every_gop=every, latency=latency)
+        got[every] = nvdec.sample_nvdec_cuda(path, spec, DecodeLimits(), pool=pool)
         (dec,) = fake.decoders
         assert dec.kwargs["latency"] == latency
-        gops = len({int(g) for g in got[each].timestamps})  # one keyframe a second
-        assert dec.flushes == (gops if each else 1) and gops > 1
+        flushes[every] = dec.flushes
+    with pyav_backend.indexed(path, DecodeLimits()) as (_, _, stream, index):
+        plan = pyav_backend.plan_frames(index, spec)
+        gops = nvdec.planned_access_units(index, plan, stream)
+    assert len(gops) > 2 and all(g.idr for g in gops) != open_gop
+    assert flushes == {True: len(gops), False: 1 + sum(not g.idr for g in gops[1:])}
     assert got[True].timestamps == got[False].timestamps
     assert np.array_equal(got[True].frames.numpy(), got[False].frames.numpy())
 

@@ -16,9 +16,7 @@ import pytest
 
 from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
 from vidtag.errors import InvalidVideo, LimitExceeded
-from vidtag.registry import UnknownName
-from vidtag.runtime.artifact import InputSpec
-from vidtag.runtime.preprocess import preprocess
+from vidtag.runtime.device import nvdec_available
 from vidtag.server.background import LoopThread
 from vidtag.server.decode_pool import (
     TEST_CRASH_MARKER_ENV,
@@ -99,19 +97,8 @@ def healthy(lt: Loop, pool: DecodePool, clip: bytes) -> None:
 def test_frames_match_in_process_decoding(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
     got = lt.run(decode(pool, clip_bytes))
     ref = sample_frames(clip_bytes, SPEC, LIMITS)
-    assert np.array_equal(got.clip.frames, ref.frames) and got.input is None
+    assert np.array_equal(got.clip.frames, ref.frames)
     assert got.clip.timestamps == ref.timestamps and got.clip.codec == ref.codec
-
-
-def test_preprocessing_in_the_worker(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
-    ispec = InputSpec(frames=4, height=64, width=32, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
-    ref = preprocess(sample_frames(clip_bytes, SPEC, LIMITS).frames, ispec)
-    got = lt.run(decode(pool, clip_bytes, input_spec=ispec))
-    assert got.input is not None and got.input.dtype == np.float32
-    assert np.array_equal(got.input, ref)
-    assert got.clip.frames.shape == (0, 64, 32, 3)  # dropped: not sent back twice
-    kept = lt.run(decode(pool, clip_bytes, input_spec=ispec, keep_frames=True))
-    assert kept.clip.frames.shape == (4, 64, 32, 3)
 
 
 def test_errors_keep_type_and_message(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
@@ -129,9 +116,27 @@ def test_errors_keep_type_and_message(lt: Loop, pool: DecodePool, clip_bytes: by
         lt.run(decode(pool, clip_bytes, limits=small))
     assert str(remote_limit.value) == str(local_limit.value)
 
-    with pytest.raises(UnknownName, match="unknown decode backend 'nope'"):
-        lt.run(decode(pool, clip_bytes, backend="nope"))
     assert lt.read(lambda: pool.restarts) == 0  # errors are not crashes
+
+
+@pytest.mark.parametrize(
+    ("backend", "reason"),
+    [
+        ("nope", "UnknownName: unknown decode backend 'nope'"),
+        ("nvdec", "BackendUnavailable: decode backend 'nvdec' needs"),
+    ],
+)
+def test_a_failed_warm_up_fails_the_start_with_its_reason(
+    lt: Loop, backend: str, reason: str
+) -> None:
+    """Workers of a backend other than PyAV that cannot decode (here NVDEC without
+    PyNvVideoCodec or a GPU) end the pool's start with the worker's reason, not a bare exit."""
+    if backend == "nvdec" and nvdec_available():
+        pytest.skip("this machine can decode with NVDEC")
+    pool = DecodePool(DecodePoolConfig(workers=2, backend=backend, start_timeout_s=60))
+    with pytest.raises(RuntimeError, match=f"exited during start-up .*{reason}"):
+        lt.run(pool.start())
+    assert lt.read(lambda: pool.workers_alive) == 0
 
 
 class _Picky(Exception):

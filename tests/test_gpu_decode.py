@@ -240,19 +240,32 @@ sys.exit(main(["serve", *sys.argv[1:]]))
 
 
 @pytest.mark.parametrize(
-    ("fail", "error"),
-    [("device", "BackendUnavailable"), ("decoder", "InvalidVideo")],
+    ("processes", "fail", "error"),
+    [
+        (False, "device", "BackendUnavailable"),
+        (False, "decoder", "InvalidVideo"),
+        # Worker processes import the real PyNvVideoCodec (absent here), not the fake.
+        (True, "device", "BackendUnavailable: decode backend 'nvdec' needs the PyNvVideoCodec"),
+    ],
 )
-def test_a_failed_nvdec_warm_up_ends_serve_in_one_line(fail: str, error: str) -> None:
-    """`vidtag serve` whose NVDEC warm-up raises exits 2 with one error line naming the
-    cause, as `--device cuda` without CUDA does: no traceback."""
+def test_a_failed_nvdec_warm_up_ends_serve_in_one_line(
+    processes: bool, fail: str, error: str
+) -> None:
+    """`vidtag serve` whose NVDEC warm-up raises, in threads or in a decode worker, exits 2
+    with one error line naming the cause, as `--device cuda` without CUDA does: no
+    traceback."""
     import re
     import subprocess
     import sys
 
+    from vidtag.runtime.device import nvdec_available
+
+    if processes and nvdec_available():
+        pytest.skip("this machine has PyNvVideoCodec: its workers would not fail")
     tests = Path(__file__).resolve().parent
     src = str(tests.parent / "src")
     argv = ["--device", "cuda", "--decode-backend", "nvdec", "--nvdec-workers", "2"]
+    argv += ["--decode-processes", str(processes)]
     argv += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"]
     r = subprocess.run(
         [sys.executable, "-c", _SERVE_WITH_FAKE_NVDEC, str(tests), fail, *argv],
@@ -268,7 +281,7 @@ def test_a_failed_nvdec_warm_up_ends_serve_in_one_line(fail: str, error: str) ->
     # Only log lines (the server's INFO lines on its way down, and the error).
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", x) for x in lines), out
     (line,) = [x for x in lines if " ERROR " in x]
-    assert "cannot serve: NVDEC warm-up on cuda failed (" + error in line, line
+    assert "cannot serve: NVDEC warm-up on cuda failed (" in line and error in line, line
     assert "--decode-backend pyav" in line
     if fail == "decoder":  # the decoder's own message, on the same line
         assert "CUVID_ERROR_LAUNCH_FAILED decoder lost" in line

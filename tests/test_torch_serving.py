@@ -115,22 +115,19 @@ def test_decode_workers_send_uint8_frames(h264_clip: Path) -> None:
     class Pool:
         busy = pending = 0
 
-        async def decode(self, data: bytes, spec: Any, limits: Any, input_spec: Any,
-                         deadline: Any) -> DecodedResult:  # fmt: skip
-            asked.append(input_spec)
-            return DecodedResult(
-                clip, None if input_spec is None else preprocess(clip.frames, input_spec)
-            )
+        async def decode(self, data: bytes, spec: Any, limits: Any, deadline: Any) -> DecodedResult:
+            asked.append(deadline)
+            return DecodedResult(clip)
 
     model = type("M", (), {"tagger": tagger, "meta": tagger.meta})()
     got: tuple[DecodedClip, Any, float] = asyncio.run(
         pool_decode_stage(Pool(), DecodeLimits(), "cpu")(b"", model, None)  # type: ignore[arg-type]
     )
-    assert asked == [None] and isinstance(got[1], torch.Tensor) and got[1].dtype == torch.float32
+    assert isinstance(got[1], torch.Tensor) and got[1].dtype == torch.float32
     np.testing.assert_allclose(
         got[1].numpy(), preprocess(clip.frames, tagger.meta.input), atol=1e-6
     )
     host = asyncio.run(pool_decode_stage(Pool(), DecodeLimits())(b"", model, None))  # type: ignore[arg-type]
     # The ONNX path also gets uint8 frames through the pipe and normalises them on the host.
-    assert asked[1] is None and isinstance(host[1], np.ndarray)
+    assert asked == [None, None] and isinstance(host[1], np.ndarray)
     np.testing.assert_array_equal(host[1], preprocess(clip.frames, tagger.meta.input))

@@ -45,6 +45,7 @@ from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
 NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "vp9": "VP9", "av1": "AV1"}
 _ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 _PARAMETER_SETS = {"h264": frozenset({7, 8}), "hevc": frozenset({32, 33, 34})}  # (VPS,) SPS, PPS
+_IDR_NAL_TYPES = {"h264": frozenset({5}), "hevc": frozenset({19, 20})}  # IDR (_W_RADL, _N_LP)
 # 4:2:0 formats NVDEC returns as NV12 (8 bit) or P016 (10/12 bit, MSB-aligned), by bit depth.
 _420_FORMATS = {
     "yuv420p": 8,
@@ -81,6 +82,9 @@ class GopUnits:
     start: int
     units: tuple[AccessUnit, ...]
     corrupt: int = 0  # packets the bitstream filter rejected (left out of `units`)
+    # Starts with an instantaneous decoder refresh (H.264/HEVC IDR; every VP9/AV1 keyframe):
+    # nothing decoded before it is referenced after it, so no flush is needed in front of it.
+    idr: bool = True
 
 
 def stream_codec(stream: Any) -> str:
@@ -245,7 +249,10 @@ def planned_access_units(index: PacketIndex, plan: Plan, stream: Any) -> list[Go
                 missing = 1 not in av1_obu_types(first.data)  # OBU_SEQUENCE_HEADER
             if missing:
                 units[0] = first._replace(data=headers + first.data)
-        gops.append(GopUnits(start, tuple(units), corrupt))
+        idr = codec not in _IDR_NAL_TYPES or bool(
+            units and _IDR_NAL_TYPES[codec] & set(nal_types(codec, units[0].data))
+        )
+        gops.append(GopUnits(start, tuple(units), corrupt, idr))
     return gops
 
 
@@ -460,8 +467,10 @@ class NvdecDecoderPool:
     max_height: int = DEFAULT_MAX_SIZE
     module: Any = None
     device: str | None = None
-    # Flush (an end-of-stream packet) after every GOP, or once after the clip's last GOP.
-    flush_each_gop: bool = True
+    # Flush (an end-of-stream packet) after every GOP, or (False) only in front of a GOP that
+    # does not start with an IDR, and after the last: 8 flushes cost ~4 ms of a 30 s 540x960
+    # clip's 16 ms in NVDEC (one H100; frames identical; benchmarks/nvdec_profile.py).
+    flush_every_gop: bool = False
     # DisplayDecodeLatencyType: NATIVE (display order, ~4 frames held back), LOW (display
     # order, none held back) or ZERO (decode order).
     latency: str = "NATIVE"
@@ -590,7 +599,7 @@ class NvdecDecoderPool:
                 if i in wanted:
                     sink(i, self._surface(s, frame))
 
-        for gop in gops:
+        for k, gop in enumerate(gops):
             for unit in gop.units:
                 if time.monotonic() > deadline:
                     s.decoder.Decode(nvc.PacketData())  # drain: the next clip starts clean
@@ -603,7 +612,7 @@ class NvdecDecoderPool:
                 frames = s.decoder.Decode(pkt)
                 out += len(frames)
                 take(frames)
-            if self.flush_each_gop or gop is gops[-1]:
+            if self.flush_every_gop or k + 1 == len(gops) or not gops[k + 1].idr:
                 end = nvc.PacketData()  # empty packet: end of stream, flushes the reorder queue
                 end.bsl, end.bsl_data = 0, 0
                 frames = s.decoder.Decode(end)
@@ -625,7 +634,8 @@ _POOL_LOCK = threading.Lock()
 
 
 def default_pool() -> NvdecDecoderPool:
-    """The process-wide pool `sample_nvdec` uses (GPU 0)."""
+    """The process-wide pool `sample_nvdec` uses (GPU 0 unless its `gpu_id` is set before the
+    first decode)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:

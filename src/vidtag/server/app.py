@@ -104,8 +104,11 @@ class VidtagServer:
             max_workers=1, thread_name_prefix="vidtag-inference"
         )
         self.decode_backend = resolve_decode_backend(config)
-        self.decode_pool: DecodePool | None = None
-        self.nvdec: NvdecStage | None = None
+        limits = _limits(config)
+        torch_device = config.device if config.resolved_runtime == "torch" else None
+        self.decode_pool: DecodePool | None = None  # CPU decoding in worker processes
+        self.nvdec_pool: DecodePool | None = None  # NVDEC decoding in worker processes
+        self.nvdec: NvdecStage | None = None  # NVDEC decoding in threads of this process
         stage: DecodeStage | None = None
         if self.decode_backend != "nvdec":  # pyav, or hybrid's CPU side
             if config.decode_processes:
@@ -113,28 +116,43 @@ class VidtagServer:
                     DecodePoolConfig(
                         workers=config.workers,
                         max_pending=config.decode_queue_size,
-                        task_timeout_s=2 * _limits(config).max_decode_s,
+                        task_timeout_s=2 * limits.max_decode_s,
                     )
                 )
-                torch_device = config.device if config.resolved_runtime == "torch" else None
-                stage = pool_decode_stage(self.decode_pool, _limits(config), torch_device)
+                stage = pool_decode_stage(self.decode_pool, limits, torch_device)
             else:
                 stage = thread_decode_stage(self.executor, config.workers, config.decode_queue_size)
         if self.decode_backend in ("nvdec", "hybrid"):
-            from vidtag.decode.nvdec_backend import NvdecDecoderPool
+            gpu = cuda_index(config.device)
+            nvdec_stage: DecodeStage
+            if config.decode_processes:
+                self.nvdec_pool = DecodePool(
+                    DecodePoolConfig(
+                        workers=config.resolved_nvdec_workers,
+                        max_pending=config.decode_queue_size,
+                        task_timeout_s=2 * limits.max_decode_s,
+                        backend="nvdec",
+                        gpu_id=gpu,
+                        start_timeout_s=120.0,  # CUDA starts in every worker at once
+                    )
+                )
+                nvdec_stage = pool_decode_stage(self.nvdec_pool, limits, config.device)
+            else:
+                from vidtag.decode.nvdec_backend import NvdecDecoderPool
 
-            self.nvdec = NvdecStage(
-                NvdecDecoderPool(gpu_id=cuda_index(config.device)),
-                _limits(config),
-                config.nvdec_workers,
-                config.decode_queue_size,
-            )
+                self.nvdec = NvdecStage(
+                    NvdecDecoderPool(gpu_id=gpu),
+                    limits,
+                    config.resolved_nvdec_workers,
+                    config.decode_queue_size,
+                )
+                nvdec_stage = self.nvdec
             if stage is None:
-                stage = self.nvdec
+                stage = nvdec_stage
             else:
                 stage = HybridStage(
                     [
-                        Route("nvdec", self.nvdec, config.nvdec_workers),
+                        Route("nvdec", nvdec_stage, config.resolved_nvdec_workers),
                         Route("cpu", stage, config.workers),
                     ]
                 )
@@ -146,17 +164,14 @@ class VidtagServer:
             self.metrics,
             paths=PathInputs(config.allowed_path_roots, _limits(config).max_bytes),
         )
-        pool = self.decode_pool
+        pools = [p for p in (self.decode_pool, self.nvdec_pool) if p is not None]
         nvdec = self.nvdec
         self.metrics.queue_depth.labels("decode").set_function(
             lambda: float(
-                (pool.pending if pool is not None else 0)
-                + (nvdec.pending if nvdec is not None else 0)
+                sum(p.pending for p in pools) + (nvdec.pending if nvdec is not None else 0)
             )
         )
-        self.metrics.worker_restarts.set_function(
-            lambda: float(pool.restarts if pool is not None else 0)
-        )
+        self.metrics.worker_restarts.set_function(lambda: float(sum(p.restarts for p in pools)))
         self.metrics.queue_depth.labels("batch").set_function(
             lambda: float(sum(m.batcher.queue_depth for m in self.models.all()))
         )
@@ -217,11 +232,14 @@ class VidtagServer:
         loop = asyncio.get_running_loop()
         if self.decode_pool is not None:
             await self.decode_pool.start()
-        if self.nvdec is not None:
+        if self.nvdec is not None or self.nvdec_pool is not None:
             from vidtag.runtime.tagger import _warmup_clip
 
             try:
-                await loop.run_in_executor(self.executor, self.nvdec.warm, _warmup_clip())
+                if self.nvdec_pool is not None:
+                    await self.nvdec_pool.start()  # each worker warms its own NVDEC
+                if self.nvdec is not None:
+                    await loop.run_in_executor(self.executor, self.nvdec.warm, _warmup_clip())
             except Exception as exc:
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
                 raise DecoderWarmupError(
@@ -334,8 +352,9 @@ class VidtagServer:
         # Requests still queued were cancelled with their RPCs; do not wait on running decodes.
         for model in self.models.all():
             await model.batcher.stop(drain=False)
-        if self.decode_pool is not None:
-            await self.decode_pool.stop()
+        for pool in (self.decode_pool, self.nvdec_pool):
+            if pool is not None:
+                await pool.stop()
         if self.nvdec is not None:
             self.nvdec.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)

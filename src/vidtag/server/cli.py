@@ -249,8 +249,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--decode-backend",
         choices=["pyav", "nvdec", "hybrid", "auto"],
         default=_D.decode_backend,
-        help="pyav: CPU decode (worker processes); nvdec: GPU decode in threads of the server, "
-        "frames stay in GPU memory and are normalised there; hybrid: both, each request to the "
+        help="pyav: CPU decode (worker processes); nvdec: GPU decode (worker processes, or "
+        "threads of the server with --decode-processes false, where the frames stay in GPU memory "
+        "and are normalised there); hybrid: both, each request to the "
         "one with fewer in flight per decoder; auto: nvdec on cuda when PyNvVideoCodec "
         "imports, else pyav (default: %(default)s)",
     )
@@ -259,8 +260,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_D.nvdec_workers,
         metavar="N",
-        help="threads decoding with NVDEC at once, each with its own decoder sessions "
-        "(default: %(default)s)",
+        help="decoders using NVDEC at once (processes; threads with --decode-processes false), "
+        "each with its own sessions (default: half the cores, at most 16)",
     )
     parser.add_argument(
         "--log-level",

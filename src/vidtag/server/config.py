@@ -92,8 +92,10 @@ class ServeConfig:
     # the device's memory), "hybrid" (both take requests) or "auto" (nvdec on cuda when
     # PyNvVideoCodec imports, else pyav). nvdec and hybrid need a cuda device.
     decode_backend: str = "auto"
-    # Threads decoding with NVDEC at once (each keeps its own decoder sessions).
-    nvdec_workers: int = 4
+    # Decoders using NVDEC at once, each with its own sessions: worker processes (each with a
+    # CUDA context, ~0.5 GB of GPU memory) or, without decode_processes, threads of the server
+    # (which stop scaling at ~4: Python holds them). None = half the cores, at most 16.
+    nvdec_workers: int | None = None
 
     @property
     def resolved_runtime(self) -> str:
@@ -122,6 +124,10 @@ class ServeConfig:
         return out
 
     @property
+    def resolved_nvdec_workers(self) -> int:
+        return self.nvdec_workers or max(1, min(16, (os.cpu_count() or 2) // 2))
+
+    @property
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or min(8, 2 * (os.cpu_count() or 1))
 
@@ -141,7 +147,6 @@ class ServeConfig:
             "max_batch_size",
             "max_queue_size",
             "decode_queue_size",
-            "nvdec_workers",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -154,6 +159,8 @@ class ServeConfig:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if self.decode_budget_ms is not None and self.decode_budget_ms < 0:
             raise ValueError(f"decode_budget_ms must be >= 0, got {self.decode_budget_ms}")
+        if self.nvdec_workers is not None and self.nvdec_workers < 1:
+            raise ValueError(f"nvdec_workers must be >= 1, got {self.nvdec_workers}")
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}")
         if self.inference_threads is not None and self.inference_threads < 1:

@@ -1,4 +1,4 @@
-"""Decode (and optionally preprocess) untrusted uploads in worker processes.
+"""Decode untrusted uploads in worker processes, on the CPU (PyAV) or with NVDEC.
 
 A segfault, abort or hang inside FFmpeg kills one worker, not the server: the request that worker
 was decoding fails with INTERNAL, the pool spawns a replacement, and every other request carries
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import io
 import logging
 import multiprocessing
@@ -53,7 +52,6 @@ import numpy as np
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.spec import SamplingSpec
-from vidtag.runtime.artifact import InputSpec
 from vidtag.server.errors import RpcFailure
 
 log = logging.getLogger(__name__)
@@ -72,6 +70,13 @@ class DecodePoolConfig:
     max_tasks_per_worker: int = 0  # >0: replace a worker after that many tasks (bounds leaks)
     start_timeout_s: float = 60.0  # start() fails if a worker is not ready by then
     warmup: bool = True  # each worker decodes a tiny in-memory clip before it takes work
+    # The decode backend the workers use (`sample_frames`'s registry name). With "nvdec" each
+    # worker holds its own CUDA context and NVDEC sessions, and a failed warm-up fails the
+    # pool's start with the reason: NVDEC in N processes scales with N where N threads of one
+    # process do not (one H100, 30 s 540x960 H.264 clips: 8 processes 199 clips/s, 8 threads
+    # 43, best threads 68 at 4; benchmarks/nvdec_profile.py).
+    backend: str = "pyav"
+    gpu_id: int = 0  # the CUDA device NVDEC workers decode on
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_pending < 0 or self.max_tasks_per_worker < 0:
@@ -82,29 +87,40 @@ class DecodePoolConfig:
 
 @dataclass(frozen=True)
 class DecodedResult:
-    """A decode done in a worker. `input` is the preprocessed (3, T, H, W) float32 tensor when an
-    InputSpec was given; then, unless `keep_frames` was asked for, `clip.frames` is an empty
-    (0, H, W, 3) array, so the frames do not cross the pipe as well."""
+    """A decode done in a worker: the clip with its (T, H, W, 3) uint8 frames."""
 
     clip: DecodedClip
-    input: np.ndarray | None
 
 
 # --------------------------------------------------------------------------------------------
-# Worker process side. Replies: ("ready", pid) | ("ok", task_id, clip, input)
+# Worker process side. Replies: ("ready", pid) | ("failed", reason: warm-up, then exit)
+# | ("ok", task_id, clip)
 # | ("err", task_id, pickled exception or None, type name, message, formatted traceback).
 
 
 def _worker_main(
-    tasks: Connection, results: Connection, marker: bytes | None, warmup: bool
+    tasks: Connection,
+    results: Connection,
+    marker: bytes | None,
+    warmup: bool,
+    backend: str,
+    gpu_id: int,
 ) -> None:
     # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from vidtag.decode import sample_frames
-    from vidtag.runtime.preprocess import preprocess
+
+    if backend == "nvdec":
+        from vidtag.decode.nvdec_backend import default_pool
+
+        default_pool().gpu_id = gpu_id  # the registered backend decodes with this pool
 
     if warmup:
-        _warm_up()
+        try:
+            _warm_up(backend)
+        except Exception as exc:
+            results.send(("failed", " ".join(f"{type(exc).__name__}: {exc}".split())))
+            return
     results.send(("ready", os.getpid()))
     while True:
         try:
@@ -116,18 +132,11 @@ def _worker_main(
             continue
         if msg is None:
             return
-        task_id, data, spec, limits, input_spec, backend, keep_frames = msg
+        task_id, data, spec, limits = msg
         try:
             if marker is not None and data.startswith(marker):
                 data = _test_hook(data[len(marker) :])
-            clip = sample_frames(data, spec, limits, backend)
-            x = None
-            if input_spec is not None:
-                x = preprocess(clip.frames, input_spec)
-                if not keep_frames:
-                    empty = np.empty((0, *clip.frames.shape[1:]), dtype=np.uint8)
-                    clip = dataclasses.replace(clip, frames=empty)
-            reply: tuple[Any, ...] = ("ok", task_id, clip, x)
+            reply: tuple[Any, ...] = ("ok", task_id, sample_frames(data, spec, limits, backend))
         except Exception as exc:
             reply = ("err", task_id, *_pack_error(exc))
         try:
@@ -177,26 +186,33 @@ def _test_hook(rest: bytes) -> bytes:
     return data
 
 
-def _warm_up() -> None:
-    """Encode and decode a tiny clip: the first decode in a process costs several warm ones."""
+def _warm_up(backend: str) -> None:
+    """Encode and decode a tiny clip: the first decode in a process costs several warm ones
+    (with NVDEC, CUDA's start and the session's creation). Raises what a decoder other than
+    PyAV raised."""
     from vidtag.decode import sample_frames
 
     try:
         import av
 
+        side = 32 if backend == "pyav" else 160  # within every NVDEC codec's minimum size
         buf = io.BytesIO()
         with av.open(buf, "w", format="mp4") as out:
             stream = out.add_stream("libx264", rate=8)
-            stream.width = stream.height = 32
+            stream.width = stream.height = side
             stream.pix_fmt = "yuv420p"
             stream.options = {"preset": "ultrafast", "g": "4"}
             for i in range(8):
-                img = np.full((32, 32, 3), 30 + 20 * i, dtype=np.uint8)
+                img = np.full((side, side, 3), 30 + 20 * i, dtype=np.uint8)
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
             out.mux(stream.encode())
-        sample_frames(buf.getvalue(), SamplingSpec(frames=2, height=16, width=16))
     except Exception:  # no encoder in this FFmpeg build: skip, the first request pays instead
         return
+    try:
+        sample_frames(buf.getvalue(), SamplingSpec(frames=2, height=16, width=16), None, backend)
+    except Exception:
+        if backend != "pyav":
+            raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +243,7 @@ class _Worker:
     retiring: bool = False  # recycled: finishes nothing more, exits on its own
     killed: bool = False  # killed for a timeout; its task has been failed already
     closed: bool = False
+    failure: str | None = None  # why its warm-up failed (the worker then exits)
 
     @property
     def serving(self) -> bool:
@@ -275,6 +292,7 @@ class DecodePool:
         self._running = False
         self._stopping = False
         self._start_failures = 0  # consecutive replacements that died before becoming ready
+        self._starting = False  # start() waits for the first workers: it reports, no retries
         self._restarts = 0
         self._recycled = 0
 
@@ -323,11 +341,13 @@ class DecodePool:
         if self._marker is not None:
             log.warning("decode pool test hook is on (%s is set)", TEST_CRASH_MARKER_ENV)
         self._running = True
+        self._starting = True
         try:
             first = [self._spawn() for _ in range(self.config.workers)]
             await asyncio.wait_for(
                 asyncio.gather(*(w.ready for w in first)), self.config.start_timeout_s
             )
+            self._starting = False
         except BaseException as exc:
             await self.stop()
             if isinstance(exc, TimeoutError):
@@ -366,13 +386,9 @@ class DecodePool:
         data: bytes,
         spec: SamplingSpec,
         limits: DecodeLimits,
-        input_spec: InputSpec | None = None,
         deadline: float | None = None,
-        *,
-        keep_frames: bool = False,
-        backend: str = "pyav",
     ) -> DecodedResult:
-        """Decode `data` in a worker; with `input_spec`, also preprocess there.
+        """Decode `data` in a worker with the pool's backend.
 
         `deadline` is on the `time.monotonic()` clock. Raises RpcFailure (see the module
         docstring) or the worker's own exception.
@@ -391,7 +407,7 @@ class DecodePool:
                 f"{len(self._queue)} requests are waiting; try again later",
             )
         self._next_id += 1
-        message = (self._next_id, data, spec, limits, input_spec, backend, keep_frames)
+        message = (self._next_id, data, spec, limits)
         task = _Task(
             self._next_id, pickle.dumps(message, _PROTOCOL), loop.create_future(), deadline
         )
@@ -494,10 +510,13 @@ class DecodePool:
         how = _describe_exit(exitcode)
         started = worker.ready.done()
         if not started:
+            why = f": {worker.failure}" if worker.failure else ""
             worker.ready.set_exception(
-                RuntimeError(f"decode worker {worker.pid} exited during start-up ({how})")
+                RuntimeError(f"decode worker {worker.pid} exited during start-up ({how}){why}")
             )
             worker.ready.exception()  # retrieved: only start() may be waiting on it
+            if self._starting:
+                return  # start() raises it
         if self._stopping:
             if task is not None:
                 self._fail(task, RpcFailure(grpc.StatusCode.UNAVAILABLE, "decode pool stopped"))
@@ -549,7 +568,14 @@ class DecodePool:
         result_r, result_w = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=_worker_main,
-            args=(task_r, result_w, self._marker, self.config.warmup),
+            args=(
+                task_r,
+                result_w,
+                self._marker,
+                self.config.warmup,
+                self.config.backend,
+                self.config.gpu_id,
+            ),
             name="vidtag-decode",
             daemon=True,
         )
@@ -588,8 +614,10 @@ class DecodePool:
             kind = msg[0]
             if kind == "ready":
                 self._post(self._on_ready, worker)
+            elif kind == "failed":
+                worker.failure = msg[1]  # read by _on_exit, posted after this
             elif kind == "ok":
-                self._post(self._on_reply, worker, msg[1], DecodedResult(msg[2], msg[3]))
+                self._post(self._on_reply, worker, msg[1], DecodedResult(msg[2]))
             else:
                 self._post(
                     self._on_reply,

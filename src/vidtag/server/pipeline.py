@@ -162,7 +162,7 @@ def pool_decode_stage(
         spec = model.tagger.spec
         if pool.busy or pool.pending:  # under load the cores are taken: one decoder per clip
             spec = replace(spec, threads=1)
-        res = await pool.decode(video, spec, limits, None, deadline)
+        res = await pool.decode(video, spec, limits, deadline)
         if device is None:
             return res.clip, preprocess(res.clip.frames, model.meta.input), res.clip.seconds
         return (
