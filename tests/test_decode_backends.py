@@ -376,6 +376,19 @@ def test_p016_surfaces_convert_like_nv12(h264_clip: Path) -> None:
     assert view["shape"] == (8, 6) and view["strides"] == (12, 2) and view["data"] == (1234, False)
 
 
+@pytest.mark.parametrize(("height", "rotation"), [(288, 0), (287, 90)])
+def test_a_stack_of_surfaces_converts_like_each_alone(height: int, rotation: int) -> None:
+    import torch
+
+    rng = np.random.default_rng(1)
+    rows = height + (height + 1) // 2 - (height % 2)  # an odd height's view lacks a chroma row
+    surfaces = torch.from_numpy(rng.integers(0, 256, (3, rows, 160), dtype=np.uint8))
+    conv = nvdec.Nv12ToRgb.build(height, 160, (64, 32), rotation, 1, False, "cpu")
+    alone = torch.stack([conv(x) for x in surfaces])
+    assert alone.shape == (3, 3, 64, 32)
+    assert torch.allclose(conv(surfaces), alone, atol=1e-4)
+
+
 def test_yuv_matrix_inverts_bt601_and_bt709() -> None:
     for colorspace, (kr, kb) in [(2, (0.299, 0.114)), (1, (0.2126, 0.0722))]:
         m, off = nvdec.yuv_to_rgb_matrix(colorspace, full_range=False)
