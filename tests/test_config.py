@@ -92,6 +92,14 @@ def test_decode_budget_reaches_the_sampling_spec() -> None:
     assert cfg.sampling_overrides == {"threads": cfg.resolved_decode_threads, "budget_ms": 250.0}
     with pytest.raises(ValueError, match="decode_budget_ms"):
         ServeConfig(decode_budget_ms=-1.0)
+    cfg = config_from_args(_args("--decode-tradeoff", "0.03"), env={"VIDTAG_DECODE_BUDGET": "96"})
+    assert cfg.sampling_overrides == {
+        "threads": cfg.resolved_decode_threads,
+        "tradeoff": 0.03,
+        "budget": 96.0,
+    }
+    with pytest.raises(ValueError, match="decode_tradeoff"):
+        ServeConfig(decode_tradeoff=-0.1)
 
 
 def test_device_defaults_pick_the_runtime_and_precision() -> None:

@@ -9,7 +9,7 @@ from media import encode_clip, red_centroid_x
 
 from vidtag.decode import DecodeLimits, SamplingSpec, backends, sample_frames
 from vidtag.decode.index import PacketIndex
-from vidtag.decode.planner import MS_PER_KB, packet_costs, packet_ms, plan_frames
+from vidtag.decode.planner import MS_PER_FRAME, MS_PER_KB, packet_costs, packet_ms, plan_frames
 from vidtag.errors import InvalidVideo, LimitExceeded
 
 
@@ -79,8 +79,8 @@ def test_packet_cost_model_charges_pixels_and_bytes() -> None:
     small, big = _index(30, 30.0, [0]), _index(30, 30.0, [0])
     big.width, big.height = 1080, 1920
     ms_small, ms_big = packet_ms(small), packet_ms(big)
-    inter_bytes_ms = MS_PER_KB  # the 1 KB inter packets of _index
-    assert ms_big[1] - inter_bytes_ms == pytest.approx(4 * (ms_small[1] - inter_bytes_ms), rel=0.1)
+    fixed = MS_PER_KB + MS_PER_FRAME  # the 1 KB inter packets of _index, and any frame's share
+    assert ms_big[1] - fixed == pytest.approx(4 * (ms_small[1] - fixed), rel=0.1)
     assert ms_small[0] - ms_small[1] == pytest.approx(9 * MS_PER_KB)  # 9 KB more
     # Relative to its keyframe an inter frame of a bigger picture costs more in time (the
     # fixed work per pixel grows, the keyframe's bytes do not), not in size; AV1's fixed

@@ -18,12 +18,18 @@ from vidtag.decode.index import PacketIndex
 from vidtag.decode.spec import SamplingSpec
 
 PACKET_OVERHEAD = 0.08  # relative cost of an empty inter frame, in keyframe equivalents
-# Reference decode time of one frame on one core of this project's 2-core CI machine (FFmpeg's
-# software decoders in PyAV 18), fitted on STB-1 test clips of every codec at 480x854..1080x1920:
-# ns per pixel of a near-empty inter frame, and ms per KB of packet. E.g. H.264 540x960: an
-# inter frame 0.4-0.6 ms, a 36 KB keyframe 3.6 ms; at 1080x1920 2.5-3.9 ms and 8.4 ms.
-NS_PER_PIXEL = {"h264": 1.0, "hevc": 1.2, "vp9": 0.7, "av1": 0.25, "libdav1d": 0.25}
-MS_PER_KB = 0.1
+# Reference time of one decoded frame in the sampler, on one core of this project's 2-core CI
+# machine (FFmpeg's software decoders in PyAV 18, one decoder thread, the frame's output
+# included): ns per pixel, ms per KB of packet and ms per frame, fitted by non-negative least
+# squares on the single-threaded `sample_frames` wall times of the 200 STB-1 test clips (every
+# codec, 480x854..1080x1920) under two `fast` plans each (400 runs). With ~11 ms a clip of
+# opening, planning and conversion that no plan changes, wall / estimate is 0.78-1.32 for 80 %
+# of the runs, 1.03 median, 1.84 at most (the earlier per-packet fit underestimated the
+# sampler 1.7x at the median, AV1 2.4x). E.g. H.264 540x960: an inter frame of 2-5 KB 1.0-1.3
+# ms, a 36 KB keyframe 5.2 ms; 1080x1920 2.9-3.4 ms and 9.9 ms for a 60 KB keyframe.
+NS_PER_PIXEL = {"h264": 1.1, "hevc": 1.5, "vp9": 1.0, "av1": 0.8, "libdav1d": 0.8}
+MS_PER_KB = 0.125
+MS_PER_FRAME = 0.13
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class Plan:
 
 def packet_ms(index: PacketIndex) -> np.ndarray:
     """Estimated decode time of each packet on the reference core (ms)."""
-    per_frame = NS_PER_PIXEL.get(index.codec, 1.0) * 1e-6 * index.width * index.height
+    pixels = index.width * index.height
+    per_frame = MS_PER_FRAME + NS_PER_PIXEL.get(index.codec, 1.0) * 1e-6 * pixels
     return per_frame + index.sizes * (MS_PER_KB / 1000.0)
 
 

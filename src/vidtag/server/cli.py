@@ -140,6 +140,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "keyframes nearest the targets are decoded regardless; default: the model's, none)",
     )
     parser.add_argument(
+        "--decode-tradeoff",
+        type=float,
+        default=None,
+        metavar="X",
+        help="fast plans: minimum gain in temporal accuracy per unit of decode cost; lower "
+        "decodes more, e.g. 0.03 (default: the model's, 0.06)",
+    )
+    parser.add_argument(
+        "--decode-budget",
+        type=float,
+        default=None,
+        metavar="KEYFRAMES",
+        help="fast plans: cap on a clip's decode cost in keyframe units, e.g. 96 (default: the "
+        "model's, 48)",
+    )
+    parser.add_argument(
         "--inference-threads",
         type=int,
         default=None,
@@ -293,6 +309,8 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "inference_threads": ("inference_threads", None),
     "decode_threads": ("decode_threads", None),
     "decode_budget_ms": ("decode_budget_ms", None),
+    "decode_tradeoff": ("decode_tradeoff", None),
+    "decode_budget": ("decode_budget", None),
     "max_concurrent_rpcs": ("max_concurrent_rpcs", None),
     "log_level": ("log_level", None),
     "repository_poll_s": ("repository_poll_s", None),
