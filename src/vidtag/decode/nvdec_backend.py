@@ -401,20 +401,10 @@ class Nv12ToRgb:
         return rgb[0] if single else rgb
 
 
-@functools.lru_cache(maxsize=64)
-def converter(
-    height: int,
-    width: int,
-    out: tuple[int, int],
-    rotation: int,
-    colorspace: int,
-    full_range: bool,
-    device: str,
-) -> Nv12ToRgb:
-    """`Nv12ToRgb.build`, kept for the next clip of the same size and colour: building the
-    weights costs ~4 ms of CPU (540x960 to 224x128 here), about what the conversion itself
-    costs on the GPU. 64 entries of at most ~2 MB of device memory each."""
-    return Nv12ToRgb.build(height, width, out, rotation, colorspace, full_range, device)
+# `Nv12ToRgb.build`, kept for the next clip of the same size and colour: building the weights
+# costs ~4 ms of CPU (540x960 to 224x128 here), about what the conversion itself costs on the
+# GPU. 64 entries of at most ~2 MB of device memory each.
+converter = functools.lru_cache(maxsize=64)(Nv12ToRgb.build)
 
 
 # ---------------------------------------------------------------------------------------------

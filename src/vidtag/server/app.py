@@ -12,7 +12,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,6 +85,18 @@ def _dir_stamp(path: Path) -> float:
     return max(times)
 
 
+def _decode_pool(config: ServeConfig, workers: int, **kw: Any) -> DecodePool:
+    """A pool of `workers` decode processes with the server's queue bound and task timeout."""
+    return DecodePool(
+        DecodePoolConfig(
+            workers=workers,
+            max_pending=config.decode_queue_size,
+            task_timeout_s=2 * _limits(config).max_decode_s,
+            **kw,
+        )
+    )
+
+
 class VidtagServer:
     """One vidtag gRPC server. `start()` serves NOT_SERVING, `load_models()` makes it SERVING.
 
@@ -112,13 +124,7 @@ class VidtagServer:
         stage: DecodeStage | None = None
         if self.decode_backend != "nvdec":  # pyav, or hybrid's CPU side
             if config.decode_processes:
-                self.decode_pool = DecodePool(
-                    DecodePoolConfig(
-                        workers=config.workers,
-                        max_pending=config.decode_queue_size,
-                        task_timeout_s=2 * limits.max_decode_s,
-                    )
-                )
+                self.decode_pool = _decode_pool(config, config.workers)
                 stage = pool_decode_stage(self.decode_pool, limits, torch_device)
             else:
                 stage = thread_decode_stage(self.executor, config.workers, config.decode_queue_size)
@@ -126,15 +132,12 @@ class VidtagServer:
             gpu = cuda_index(config.device)
             nvdec_stage: DecodeStage
             if config.decode_processes:
-                self.nvdec_pool = DecodePool(
-                    DecodePoolConfig(
-                        workers=config.resolved_nvdec_workers,
-                        max_pending=config.decode_queue_size,
-                        task_timeout_s=2 * limits.max_decode_s,
-                        backend="nvdec",
-                        gpu_id=gpu,
-                        start_timeout_s=120.0,  # CUDA starts in every worker at once
-                    )
+                self.nvdec_pool = _decode_pool(
+                    config,
+                    config.resolved_nvdec_workers,
+                    backend="nvdec",
+                    gpu_id=gpu,
+                    start_timeout_s=120.0,  # CUDA starts in every worker at once
                 )
                 nvdec_stage = pool_decode_stage(self.nvdec_pool, limits, config.device)
             else:
