@@ -500,3 +500,20 @@ def test_written_manifest_feeds_read_manifest_and_cache(ucf_root: Path, tmp_path
     assert json.loads((cache / "spec.json").read_text())["errors"] == []
     cached = [json.loads(ln) for ln in (cache / "clips.jsonl").read_text().splitlines()]
     assert [r["tags"] for r in cached] == [[c.tags[0]] for c in ds.split("train")]
+
+
+def test_a_cache_of_which_no_clip_decodes_is_an_error(tmp_path: Path) -> None:
+    """Paths relative to the wrong folder: one clear error naming the first failure, and no
+    spec.json left behind to pass the broken cache off as finished."""
+    from vidtag.decode import SamplingSpec
+    from vidtag.errors import DatasetError
+    from vidtag.train.cache import build_cache
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"path": "gone.mp4", "tags": ["circle"]}\n')
+    out = tmp_path / "cache"
+    out.mkdir()
+    (out / "spec.json").write_text("{}")  # an earlier cache's stamp
+    with pytest.raises(DatasetError, match=r"none of the 1 clips .*/gone\.mp4"):
+        build_cache(manifest, out, SamplingSpec(frames=2, height=16, width=16), workers=1)
+    assert not (out / "spec.json").exists()

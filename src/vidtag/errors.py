@@ -22,3 +22,7 @@ class BackendUnavailable(VidtagError):
 
 class ModelError(VidtagError):
     """A model artifact is missing, malformed or fails its checks."""
+
+
+class DatasetError(VidtagError):
+    """A training or evaluation set that cannot be used (no clip of it decodes, say)."""

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
+from vidtag.errors import DatasetError
 from vidtag.train.manifest import read_manifest
 
 Decoded = tuple[np.ndarray | None, tuple[float, ...], float, str]
@@ -49,8 +50,9 @@ def build_cache(
     decoder returned), clips.jsonl (path, tags) and spec.json to out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("masks-*.npy"):  # derived from the frames being replaced
-        stale.unlink()
+    # spec.json marks a finished cache: gone until this one is.
+    for stale in [*out.glob("masks-*.npy"), out / "spec.json"]:  # masks: from the old frames
+        stale.unlink(missing_ok=True)
     clips = read_manifest(manifest)
     n = len(clips)
     frames = np.lib.format.open_memmap(
@@ -75,6 +77,11 @@ def build_cache(
         devs.append(dev)
     frames.flush()
     del frames
+    if n and not kept:
+        raise DatasetError(
+            f"none of the {n} clips of {manifest} could be decoded (paths are relative to the "
+            f"manifest's folder); the first: {errors[0]}"
+        )
     if len(kept) < n:  # compact: drop the rows of clips that failed
         full = np.load(out / "frames.npy", mmap_mode="r")
         np.save(out / "frames.tmp.npy", np.asarray(full[: len(kept)]))
