@@ -428,7 +428,8 @@ def test_fake_nvdec_matches_pyav(clip: str, policy: str, request: pytest.Fixture
     ref = sample_frames(path, spec, backend="pyav")
     assert clip_.frames.shape == ref.frames.shape == (6, 64, 32, 3)
     assert clip_.timestamps == ref.timestamps and clip_.targets == ref.targets
-    assert clip_.frames_decoded == ref.frames_decoded
+    # NVDEC decodes every planned packet; PyAV skips the frames nothing refers to.
+    assert clip_.frames_decoded >= ref.frames_decoded
     assert clip_.packets_planned == ref.packets_planned
     assert (clip_.width, clip_.height, clip_.rotation) == (ref.width, ref.height, ref.rotation)
     assert clip_.keyframes == ref.keyframes and clip_.duration == ref.duration

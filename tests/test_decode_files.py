@@ -330,3 +330,20 @@ def test_two_gops_decode_on_two_decoders_as_one_would(
     assert len(extra) == 1 and one.keyframes == 2
     np.testing.assert_array_equal(one.frames, two.frames)
     assert one.timestamps == two.timestamps and two.rotation == rotation
+
+
+@pytest.mark.parametrize("name", ["h264_bframes.mp4", "h264_open_gop.mp4", "hevc_10bit.mp4"])
+@pytest.mark.parametrize("policy", ["exact", "fast"])
+def test_frames_nothing_refers_to_are_skipped_and_the_frames_stay_the_same(
+    files: dict[str, Path], name: str, policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding forward to a frame, the non-reference frames on the way (B-frames here) are
+    skipped unless returned: identical frames, fewer decoded."""
+    spec = SamplingSpec(frames=6, height=64, width=40, policy=policy)  # type: ignore[arg-type]
+    skipping = sample_frames(files[name], spec)
+    monkeypatch.setattr(pyav_backend, "SKIP_NONREF_CODECS", frozenset())
+    every = sample_frames(files[name], spec)
+    assert skipping.timestamps == every.timestamps
+    np.testing.assert_array_equal(skipping.frames, every.frames)
+    if policy == "exact":
+        assert skipping.frames_decoded < every.frames_decoded

@@ -27,6 +27,10 @@ from vidtag.errors import InvalidVideo, LimitExceeded
 THREADED_PREFIX = 24
 # Codecs whose decoder needs nothing but the extradata, so a bare second context can help.
 PARALLEL_CODECS = {"h264", "hevc", "vp9", "av1", "vp8", "libdav1d"}
+# Decoders that honour `skip_frame` per packet as it is submitted. libdav1d applies it when a
+# frame comes out, which may be after the next packet switched it: a returned frame went
+# missing (an AV1 `exact` plan returned none).
+SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "vp9"})
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -175,6 +179,9 @@ class _Run:
     index: PacketIndex
     spec: SamplingSpec
     by_pts: dict[float, int]
+    # Packet indices whose frames are returned, for decoders that skip non-reference frames
+    # on the way (None: decode every packet).
+    chosen: frozenset[int] | None
     tb: Any
     deadline: float
     max_pixels: int
@@ -204,11 +211,17 @@ class _Run:
     ) -> tuple[dict[int, np.ndarray], int, int]:
         out: dict[int, np.ndarray] = {}
         decoded = corrupt = 0
+        skip = "DEFAULT"
         for start, length in gops:
             frames: list[Any] = []
             for i in range(start, start + length):
                 if time.monotonic() > self.deadline:
                     raise LimitExceeded("decoding took longer than the limit")
+                # A frame nothing refers to is skipped unless it is returned: the frames are
+                # the same, fewer are decoded (FFmpeg reads each packet's reference flag).
+                want = "DEFAULT" if self.chosen is None or i in self.chosen else "NONREF"
+                if want != skip:
+                    dec.skip_frame = skip = want
                 try:
                     frames.extend(dec.decode(self.index.packet(i)))
                 except av.error.FFmpegError:
@@ -270,6 +283,7 @@ def execute_plan(
         index=index,
         spec=spec,
         by_pts={round(float(index.pts_s[i]), 6): i for i in set(plan.chosen)},
+        chosen=frozenset(plan.chosen) if index.codec in SKIP_NONREF_CODECS else None,
         tb=stream.time_base,
         deadline=time.monotonic() + limits.max_decode_s,
         max_pixels=limits.max_pixels,
