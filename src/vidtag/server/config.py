@@ -64,8 +64,8 @@ class ServeConfig:
     # `fast` plans: minimum gain in temporal accuracy per unit of decode cost (lower decodes
     # more) and the cap on a clip's cost in keyframe units; None: the model's own (SamplingSpec
     # defaults 0.06 and 48). stb1/4 on the STB-1 test split: 0.03 and 96 close the gap to
-    # `exact` (mean Jaccard 0.903 vs 0.908, default 0.887) at decode p90 387 / p99 1298 ms on 2
-    # cores (default 266 / 569); with decode_budget_ms 400, 0.890 at p99 557.
+    # `exact` (mean Jaccard 0.903 vs 0.908, default 0.887) at decode p90 260 / p99 818 ms on 2
+    # cores (default 190 / 553); with decode_budget_ms 400, 0.890 at p99 482.
     decode_tradeoff: float | None = None
     decode_budget: float | None = None
     # RPCs beyond this many in flight are refused with RESOURCE_EXHAUSTED; None = no cap.
