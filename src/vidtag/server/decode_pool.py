@@ -540,7 +540,12 @@ class DecodePool:
         else:
             self._start_failures += 1
             delay = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
-            log.error("decode worker failed to start (%s); retrying in %g s", how, delay)
+            log.error(
+                "decode worker failed to start (%s%s); retrying in %g s",
+                how,
+                f": {worker.failure}" if worker.failure else "",
+                delay,
+            )
             self._schedule_replace(delay)
         self._dispatch()
 
