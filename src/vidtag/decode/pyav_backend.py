@@ -219,9 +219,9 @@ class _Run:
                     raise LimitExceeded("decoding took longer than the limit")
                 # A frame nothing refers to is skipped unless it is returned: the frames are
                 # the same, fewer are decoded (FFmpeg reads each packet's reference flag).
-                want = "DEFAULT" if self.chosen is None or i in self.chosen else "NONREF"
-                if want != skip:
-                    dec.skip_frame = skip = want
+                mode = "DEFAULT" if self.chosen is None or i in self.chosen else "NONREF"
+                if mode != skip:
+                    dec.skip_frame = skip = mode
                 try:
                     frames.extend(dec.decode(self.index.packet(i)))
                 except av.error.FFmpegError:
