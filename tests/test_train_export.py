@@ -13,9 +13,10 @@ import torch
 from media import encode_clip
 
 from vidtag import Tagger
-from vidtag.errors import ModelError
+from vidtag.errors import BackendUnavailable, ModelError
 from vidtag.nets import create_model
 from vidtag.runtime.artifact import InputSpec, load_meta
+from vidtag.runtime.device import nvdec_available
 from vidtag.train.config import TrainConfig
 from vidtag.train.evaluate import evaluate_artifact, format_metrics
 from vidtag.train.export import export_artifact
@@ -83,7 +84,16 @@ def test_fill_trained_with_is_the_fill_served(tiny_manifest: Path, tmp_path: Pat
     assert Tagger(art, sampling={"fill": 1}).spec.fill == 1
     m = evaluate_artifact(art, tiny_manifest, policy="exact", fill=2, progress=False)
     assert (m["policy"], m["fill"], m["clips"], m["failed"]) == ("exact", 2, 6, [])
-    assert "fill 2" in format_metrics(m)
+    assert "fill 2, pyav decoding" in format_metrics(m)
+    # Another decode backend's frames: opencv's; nvdec (the GPU path's) stops at once where
+    # it cannot run, rather than failing every clip.
+    pytest.importorskip("cv2")
+    m = evaluate_artifact(art, tiny_manifest, decode_backend="opencv", progress=False)
+    assert (m["decode_backend"], m["clips"], m["failed"]) == ("opencv", 6, [])
+    assert "opencv decoding" in format_metrics(m)
+    if not nvdec_available():
+        with pytest.raises(BackendUnavailable, match="decode backend 'nvdec' needs"):
+            evaluate_artifact(art, tiny_manifest, decode_backend="nvdec", progress=False)
 
 
 def test_time_budget_ends_training_at_the_first_epoch_past_it(

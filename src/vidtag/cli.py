@@ -137,6 +137,7 @@ def _eval(args: argparse.Namespace) -> int:
         fill=args.fill,
         limit=args.limit,
         progress=not args.quiet,
+        decode_backend=args.decode_backend,
     )
     print(json.dumps(m, indent=1) if args.json else format_metrics(m))
     return 0
@@ -316,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--policy", choices=["fast", "exact"])
     p.add_argument("--fill", type=int, help="override the artifact's SamplingSpec.fill")
+    p.add_argument(
+        "--decode-backend",
+        default="pyav",
+        help="decode backend: pyav (default), opencv, nvdec (the GPU path's frames)",
+    )
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -52,8 +52,10 @@ class Tagger:
         threads: int | None = None,
         sampling: dict[str, Any] | None = None,
         runtime: RuntimeOptions | None = None,
+        decode_backend: str = "pyav",
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.decode_backend = decode_backend  # `decode`'s; the server decodes on its own
         self.meta = load_meta(self.model_dir)
         self.name, self.version = self.meta.name, self.meta.version
         self.limits = limits or DecodeLimits()
@@ -85,7 +87,7 @@ class Tagger:
         self.tag(_warmup_clip())
 
     def decode(self, source: bytes | str | Path) -> DecodedClip:
-        return sample_frames(source, self.spec, self.limits)
+        return sample_frames(source, self.spec, self.limits, self.decode_backend)
 
     def infer(self, batch: Any, backend: Backend | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sigmoid scores (N, C) and L2-normalised embeddings (N, E) of a preprocessed batch,

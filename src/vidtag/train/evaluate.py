@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from vidtag.errors import BackendUnavailable
 from vidtag.runtime.tagger import Tagger
 from vidtag.train.manifest import multi_hot, read_manifest
 from vidtag.train.metrics import evaluate_predictions, jaccard, per_tag
@@ -23,10 +24,16 @@ def evaluate_artifact(
     fill: int | None = None,
     limit: int | None = None,
     progress: bool = True,
+    decode_backend: str = "pyav",
 ) -> dict[str, Any]:
-    """All SYNTH_SPEC metrics plus mean Jaccard broken down by codec, GOP and size."""
+    """All SYNTH_SPEC metrics plus mean Jaccard broken down by codec, GOP and size, decoding
+    with `decode_backend` (e.g. `nvdec` to measure the GPU path's frames)."""
     overrides = {"policy": policy, "fill": fill}
-    tagger = Tagger(model_dir, sampling={k: v for k, v in overrides.items() if v is not None})
+    tagger = Tagger(
+        model_dir,
+        sampling={k: v for k, v in overrides.items() if v is not None},
+        decode_backend=decode_backend,
+    )
     clips = read_manifest(manifest)[:limit]
     rows = [json.loads(x) for x in Path(manifest).read_text().splitlines() if x.strip()][:limit]
     meta = tagger.meta
@@ -38,6 +45,8 @@ def evaluate_artifact(
     for r, clip in enumerate(tqdm(clips, desc="eval", disable=not progress)):
         try:
             res = tagger.tag(clip.path)
+        except BackendUnavailable:  # this machine cannot decode so: no clip would
+            raise
         except Exception as exc:  # counted as an empty prediction, listed in the report
             failed.append(f"{clip.path}: {exc}")
             continue
@@ -64,12 +73,14 @@ def evaluate_artifact(
     metrics["model"] = f"{meta.name}/{meta.version}"
     metrics["policy"] = tagger.spec.policy
     metrics["fill"] = tagger.spec.fill
+    metrics["decode_backend"] = decode_backend
     return metrics
 
 
 def format_metrics(m: dict[str, Any]) -> str:
     lines = [
-        f"model {m['model']}  policy {m['policy']} (fill {m['fill']})  clips {int(m['clips'])}"
+        f"model {m['model']}  policy {m['policy']} (fill {m['fill']}, "
+        f"{m.get('decode_backend', 'pyav')} decoding)  clips {int(m['clips'])}"
     ]
     for k in ("mean_jaccard", "mAP", "micro_f1", "macro_f1", "hit_at_1", "exact_match"):
         lines.append(f"  {k:<14} {m[k]:.4f}")
