@@ -10,8 +10,6 @@ gRPC, no server. Sections, each timed and kept in one JSON (rewritten after ever
   index, plan, access units), time inside NVDEC's `Decode` calls and the rest, for each pool
   variant (flush after every GOP or once per clip; NATIVE, LOW or ZERO display latency), and
   whether a variant's frames equal the first variant's;
-- gil: how far a pure-Python counter thread gets while one thread decodes, relative to idle
-  (1.0: `Decode` releases the GIL; near 0: it holds it);
 - threads: clips/s and per-clip p50 with N threads sharing one process (one session each);
 - processes: clips/s with N processes of one thread each.
 
@@ -254,53 +252,6 @@ def stages(clips: list[Path], fake: bool, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _counter_rate(seconds: float, busy: Callable[[threading.Event], None] | None) -> float:
-    stop = threading.Event()
-    count = [0]
-
-    def count_up() -> None:
-        while not stop.is_set():
-            count[0] += 1
-
-    th = threading.Thread(target=count_up)
-    worker = threading.Thread(target=busy, args=(stop,)) if busy else None
-    t = time.perf_counter()
-    th.start()
-    if worker:
-        worker.start()
-    time.sleep(seconds)
-    stop.set()
-    th.join()
-    if worker:
-        worker.join()
-    return count[0] / (time.perf_counter() - t)
-
-
-def gil(clips: list[Path], fake: bool) -> dict[str, Any]:
-    from vidtag.decode import nvdec_backend as nv
-
-    spec, _ = default_spec()
-    limits = DecodeLimits()
-    data = clips[0].read_bytes()
-    pool = make_pool(fake)
-    nv.sample_nvdec_cuda(data, spec, limits, pool=pool)
-    done = [0]
-
-    def decoding(stop: threading.Event) -> None:
-        while not stop.is_set():
-            nv.sample_nvdec_cuda(data, spec, limits, pool=pool)
-            done[0] += 1
-
-    idle = _counter_rate(1.0, None)
-    busy = _counter_rate(2.0, decoding)
-    return {
-        "counter_idle_per_s": idle,
-        "counter_busy_per_s": busy,
-        "ratio": busy / idle,
-        "clips_while_counting": done[0],
-    }
-
-
 def _loop(
     pool: Any, data: list[bytes], spec: SamplingSpec, until: float, fake: bool
 ) -> list[float]:
@@ -456,7 +407,6 @@ def main() -> int:
     sections: list[tuple[str, Callable[[], Any]]] = [
         ("parity", lambda: parity(clips["bar"][:1] + clips["parity"], args.fake)),
         ("stages", lambda: stages(clips["bar"], args.fake, args.reps)),
-        ("gil", lambda: gil(clips["bar"], args.fake)),
         ("threads", lambda: threads(clips["bar"], args.fake, ints(args.threads), args.seconds)),
         (
             "processes",
