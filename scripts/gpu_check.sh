@@ -32,24 +32,10 @@
 # or 2 when the environment is not usable (said why).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
 out=${OUT:-build/gpu-bench}
-site=${SITE:-/tmp/site}  # where the wheels are installed
 mkdir -p "$out" build/gpu-bench
-
-shopt -s nullglob
-wheels=(.whl/*.whl build/gpu-bench/wheels*/*.whl build/gpu-bench/nvdec-wheel/*.whl)
-export PYTHONPATH=src
-if [ -d build/gpu-bench/pynv/PyNvVideoCodec ]; then  # PyNvVideoCodec unpacked (nvdec_profile.sh)
-  export PYTHONPATH=build/gpu-bench/pynv:$PYTHONPATH
-fi
-if ((${#wheels[@]})); then
-  echo "installing ${#wheels[@]} wheel(s) into $site: ${wheels[*]##*/}"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$site" "${wheels[@]}" || { echo "gpu_check: installing the wheels failed"; exit 2; }
-  export PYTHONPATH=$site:$PYTHONPATH
-fi
+# shellcheck source=scripts/device_env.sh
+. scripts/device_env.sh || exit 2
 
 # What this machine offers (also kept as env.txt).
 {

@@ -14,21 +14,14 @@
 # pytest-cuda.log into $OUT when set, else build/gpu-bench/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
 out=${OUT:-build/gpu-bench}
 mkdir -p "$out"
-site=/tmp/site
-shopt -s nullglob
-wheels=(.whl/*.whl)
-if ((${#wheels[@]})); then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$site" "${wheels[@]}" || { echo "installing the wheels failed"; exit 2; }
-fi
-export PYTHONPATH=$site:build/gpu-bench/pynv:src
+# shellcheck source=scripts/device_env.sh
+. scripts/device_env.sh || exit 2
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
-python3 benchmarks/nvdec_profile.py --out "$out/nvdec-profile.json" "$@" 2>&1 | tee "$out/profile.log"
+$PY benchmarks/nvdec_profile.py --out "$out/nvdec-profile.json" "$@" 2>&1 | tee "$out/profile.log"
 rc=${PIPESTATUS[0]}
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_torch_backend.py -k cuda 2>&1 \
+timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_torch_backend.py -k cuda 2>&1 \
   | tail -15 | tee "$out/pytest-cuda.log"
 echo "nvdec_profile: exit $rc"
 exit "$rc"
