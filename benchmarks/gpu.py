@@ -967,7 +967,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-clips", type=int, default=None, help="clips (10000; dry 200)")
     p.add_argument("--memory-first", type=int, default=100, help="first reading after (100)")
     p.add_argument("--memory-chunk", type=int, default=None, help="clips between readings")
-    p.add_argument("--memory-s", type=float, default=None, help="phase time cap (75; dry 30)")
+    p.add_argument("--memory-s", type=float, default=None, help="phase time cap (100; dry 30)")
     p.add_argument("--memory-concurrency", type=int, default=None, help="(64; dry 4)")
     p.add_argument("--client-procs", type=int, default=None, help="client processes (4; dry 1)")
     p.add_argument(
@@ -1000,7 +1000,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     pick("step_s", 6.0, 2.0)
     pick("memory_clips", 10_000, 200)
     pick("memory_chunk", 1000, 100)
-    pick("memory_s", 75.0, 30.0)
+    pick("memory_s", 100.0, 30.0)  # 10 000 clips at the ~130-160 clips/s of NVDEC processes
     pick("memory_concurrency", 64, 4)
     pick("client_procs", 4, 1)
     pick("max_batch_size", 64, 8)
