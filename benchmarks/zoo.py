@@ -7,7 +7,10 @@ split and print the test metrics of each, side by side. A benchmark: it prints n
 
 The train split's frame cache is decoded once (`--cache`, or built on first use) and shared by
 every run through a symlink, as is the test split's. Each run keeps 10 % of the train split for
-validation (threshold calibration and best-epoch choice), as `vidtag train` does.
+validation (threshold calibration and best-epoch choice), as `vidtag train` does. Each row
+also gets its CPU latency at the serving input size (`--latency-size`, batch 1): the network's
+forward pass and the head's decision (the sequence decoders' search included);
+`--latency-only` prints just those, without training.
 """
 
 from __future__ import annotations
@@ -95,6 +98,39 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
     }
 
 
+def latency_row(arch: str, head: str, size: str, reps: int) -> dict[str, float | str]:
+    """CPU latency of one clip (batch 1) at `size` (FxHxW), PyTorch eager with random weights
+    (they do not change the time): the network's forward pass, and the head's decision on its
+    outputs - scores for the threshold heads (their rule is a numpy comparison on top), the
+    heads' own search for the sequence decoders (cnn_rnn, scnn_rnn, ria). Medians of `reps`
+    after 3 warm-ups."""
+    f, h, w = (int(v) for v in size.lower().split("x"))
+    torch.manual_seed(0)
+    net = create_model(arch, num_classes=len(TAGS)).eval()
+    head_module = build_head(head, net).eval()
+    decide = head_module.scores if head_module.exportable else head_module.predict
+    x = torch.randn(1, 3, f, h, w)
+    net_s, head_s = [], []
+    with torch.inference_mode():
+        for k in range(reps + 3):
+            t0 = time.perf_counter()
+            logits, emb = (t.float() for t in net(x))
+            t1 = time.perf_counter()
+            decide(logits, emb)
+            t2 = time.perf_counter()
+            if k >= 3:
+                net_s.append(t1 - t0)
+                head_s.append(t2 - t1)
+    return {
+        "arch": arch,
+        "head": head,
+        "latency_size": size,
+        "net_ms": float(np.median(net_s) * 1e3),
+        "head_ms": float(np.median(head_s) * 1e3),
+        "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
+    }
+
+
 def prior_row(args: argparse.Namespace) -> dict[str, float | str]:
     """The frequency-prior baseline every row must beat: the same tags for every test clip
     (`frequency_prior` of the train labels), ranked by their training frequency."""
@@ -113,9 +149,9 @@ def prior_row(args: argparse.Namespace) -> dict[str, float | str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--train", required=True, help="STB-1 train manifest")
-    p.add_argument("--test", required=True, help="STB-1 test manifest")
-    p.add_argument("--cache", required=True, help="frame cache of the train manifest")
+    p.add_argument("--train", help="STB-1 train manifest (training runs)")
+    p.add_argument("--test", help="STB-1 test manifest (training runs)")
+    p.add_argument("--cache", help="frame cache of the train manifest (training runs)")
     p.add_argument("--pairs", required=True, help="comma-separated arch:head pairs")
     p.add_argument("--budget", type=float, default=180.0, help="training seconds per pair")
     p.add_argument("--batch-size", type=int, default=16)
@@ -123,11 +159,36 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--work", default="build/zoo")
     p.add_argument("--json", default="build/zoo/report.json")
+    p.add_argument(
+        "--latency-size", default="8x224x128", help="FxHxW of the latency columns (serving's)"
+    )
+    p.add_argument("--latency-reps", type=int, default=20)
+    p.add_argument(
+        "--latency-only", action="store_true", help="only the latency of each pair, no training"
+    )
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.latency_only:
+        where = f"{args.latency_size}, batch 1, {torch.get_num_threads()} threads"
+        print(f"{'arch':<12} {'head':<9} {'params':>7} {'net ms':>8} {'head ms':>8}  ({where})")
+        for pair in args.pairs.split(","):
+            arch, head = pair.split(":")
+            r = latency_row(arch, head, args.latency_size, args.latency_reps)
+            print(
+                f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M "
+                f"{float(r['net_ms']):>8.1f} {float(r['head_ms']):>8.2f}",
+                flush=True,
+            )
+        return
+    if not (args.train and args.test and args.cache):
+        p.error("--train, --test and --cache are needed unless --latency-only")
     rows = [prior_row(args)]
     for pair in args.pairs.split(","):
         arch, head = pair.split(":")
         rows.append(run_pair(arch, head, args))
+        lat = latency_row(arch, head, args.latency_size, args.latency_reps)
+        rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
         r = rows[-1]
         print(
             f"{arch:<12} {head:<9} epochs {int(r['epochs']):>3} (best {int(r['best_epoch'])}) "
@@ -139,11 +200,13 @@ def main() -> None:
     print(
         f"\n{'arch':<12} {'head':<9} {'params':>7} {'epochs':>6} "
         + " ".join(f"{c:>12}" for c in COLUMNS + GROUPS)
+        + f" {'net ms':>8} {'head ms':>8}"
     )
     for r in rows:
         print(
             f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M {int(r['epochs']):>6} "
             + " ".join(f"{float(r[c]):>12.3f}" for c in COLUMNS + GROUPS)
+            + "".join(f" {float(r.get(k, float('nan'))):>8.2f}" for k in ("net_ms", "head_ms"))
         )
 
 
