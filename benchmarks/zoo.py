@@ -46,6 +46,7 @@ GROUPS = ("acc_object", "acc_scene", "acc_motion", "acc_camera")
 
 def _link_cache(run: Path, shared: Path) -> None:
     run.mkdir(parents=True, exist_ok=True)
+    shared.mkdir(parents=True, exist_ok=True)  # the first run builds it through the link
     link = run / "cache-train"
     if not link.exists():
         link.symlink_to(shared.resolve(), target_is_directory=True)
