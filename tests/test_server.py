@@ -398,8 +398,11 @@ def test_health_not_serving_until_loaded(model_repo: Path, clip_bytes: bytes) ->
 
 
 def test_graceful_stop_finishes_in_flight_request(model_repo: Path, clip_bytes: bytes) -> None:
-    with running_server(make_config(model_repo, workers=1)) as (srv, lt):
-        # Occupy the only worker so the request is provably in flight while the server stops.
+    # Decoding in the server's threads: the gate below holds its only one, so the request is
+    # provably in flight while the server stops (decode worker processes would not wait for it,
+    # and the request could finish first on a fast run).
+    config = make_config(model_repo, workers=1, decode_processes=False)
+    with running_server(config) as (srv, lt):
         gate = threading.Event()
         srv.executor.submit(gate.wait, 30)
         target = f"127.0.0.1:{srv.port}"
@@ -423,7 +426,8 @@ def test_graceful_stop_finishes_in_flight_request(model_repo: Path, clip_bytes: 
 
 
 def test_over_concurrency_cap_resource_exhausted(model_repo: Path, clip_bytes: bytes) -> None:
-    config = make_config(model_repo, workers=1, max_concurrent_rpcs=1)
+    # Threads, so the gate holds the first request (see above).
+    config = make_config(model_repo, workers=1, max_concurrent_rpcs=1, decode_processes=False)
     with running_server(config) as (srv, _):
         gate = threading.Event()
         srv.executor.submit(gate.wait, 30)
