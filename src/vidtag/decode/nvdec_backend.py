@@ -242,17 +242,19 @@ def planned_access_units(index: PacketIndex, plan: Plan, stream: Any) -> list[Go
                     continue
             if data:
                 units.append(AccessUnit(data, float(index.pts_s[i]), is_key, i))
+        # NAL unit types of the GOP's first unit (H.264/HEVC), read once for both checks.
+        first_nals = (
+            set(nal_types(codec, units[0].data)) if units and codec in _PARAMETER_SETS else set()
+        )
         if units and headers:
             first = units[0]
             if codec in _PARAMETER_SETS:
-                missing = not _PARAMETER_SETS[codec] <= set(nal_types(codec, first.data))
+                missing = not _PARAMETER_SETS[codec] <= first_nals
             else:
                 missing = 1 not in av1_obu_types(first.data)  # OBU_SEQUENCE_HEADER
             if missing:
                 units[0] = first._replace(data=headers + first.data)
-        idr = codec not in _IDR_NAL_TYPES or bool(
-            units and _IDR_NAL_TYPES[codec] & set(nal_types(codec, units[0].data))
-        )
+        idr = codec not in _IDR_NAL_TYPES or bool(_IDR_NAL_TYPES[codec] & first_nals)
         gops.append(GopUnits(start, tuple(units), corrupt, idr))
     return gops
 

@@ -25,7 +25,7 @@ class SamplingSpec:
     reduction in deviation from the targets (as a fraction of the clip's duration) is worth at
     least `tradeoff` per unit of cost, where one unit is the cost of decoding an average keyframe.
     `budget` caps the total cost in those units and `budget_ms` the estimated decode time on
-    the reference core (planner.NS_PER_PIXEL; unbounded by default): keyframes nearest the
+    the reference core (planner.packet_ms; unbounded by default): keyframes nearest the
     targets are always decoded, extensions and fills only within both caps.
     `policy="exact"` decodes whatever it takes.
     """

@@ -125,14 +125,10 @@ class ServeConfig:
     @property
     def sampling_overrides(self) -> dict[str, float | int]:
         """SamplingSpec fields the server sets over the model's own."""
+        fields = {"budget_ms": self.decode_budget_ms, "tradeoff": self.decode_tradeoff,
+                  "budget": self.decode_budget}  # fmt: skip
         out: dict[str, float | int] = {"threads": self.resolved_decode_threads}
-        if self.decode_budget_ms is not None:
-            out["budget_ms"] = self.decode_budget_ms
-        if self.decode_tradeoff is not None:
-            out["tradeoff"] = self.decode_tradeoff
-        if self.decode_budget is not None:
-            out["budget"] = self.decode_budget
-        return out
+        return out | {k: v for k, v in fields.items() if v is not None}
 
     @property
     def resolved_nvdec_workers(self) -> int:
