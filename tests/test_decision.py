@@ -47,3 +47,27 @@ def test_predict_matches_select_row_by_row() -> None:
 def test_observed_group_limits() -> None:
     y = np.array([[1, 0, 0, 1, 0, 0], [1, 1, 0, 1, 1, 1], [0, 1, 0, 0, 1, 0]], np.float32)
     assert observed_group_limits(y, TAGS, GROUPS) == {"a": (1, 2), "b": (1, 0), "c": (0, 0)}
+
+
+def test_vectorised_predict_is_select_of_every_row() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        limits = {
+            g: (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+            for g in GROUPS
+            if rng.random() < 0.7
+        }
+        r = DecisionRule(
+            TAGS,
+            GROUPS,
+            tuple(rng.uniform(0, 1, 6).tolist()),
+            limits,
+            min_tags=int(rng.integers(0, 3)),
+            top_k=int(rng.integers(0, 4)),
+        )
+        s = rng.uniform(0, 1, (16, 6))
+        s[:, 1] = s[:, 3]  # ties keep the order `select` gives them
+        expected = np.zeros(s.shape, dtype=bool)
+        for i, row in enumerate(s):
+            expected[i, r.select(row)] = True
+        assert (r.predict(s) == expected).all()

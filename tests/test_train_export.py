@@ -145,7 +145,8 @@ def test_export_refuses_a_network_onnx_cannot_match(tmp_path: Path) -> None:
 
 def test_accumulation_epoch_snapshots_and_eval_epoch(tiny_manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "acc"
-    train(_cfg(tiny_manifest, out, epochs=2, batch_size=2, accumulate=2))
+    # Jaccard calibration: --eval-epoch recomputes the same rule from the saved config.
+    train(_cfg(tiny_manifest, out, epochs=2, batch_size=2, accumulate=2, calibrate="jaccard"))
     hist = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2]  # 4 clips / batch 2 = 2 micro-batches = 1 step
     assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch-001.pt", "epoch-002.pt"]
@@ -153,6 +154,8 @@ def test_accumulation_epoch_snapshots_and_eval_epoch(tiny_manifest: Path, tmp_pa
     assert again["mean_jaccard"] == pytest.approx(hist[1]["val_mean_jaccard"])
     with pytest.raises(FileNotFoundError, match="epoch-009"):
         evaluate_epoch(out, 9)
+    with pytest.raises(ValueError, match="calibrate"):
+        _cfg(tiny_manifest, out, epochs=1, calibrate="mAP")
     pytest.importorskip("matplotlib")
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -79,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         accumulate=args.accumulate,
         keep_epochs=not args.no_keep_epochs,
         augment=args.augment,
+        calibrate=args.calibrate,
         init=args.init,
         render_per_epoch=args.render_per_epoch,
         render_seed=args.render_seed,
@@ -254,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="flip",
         help="flip: label-aware flips and time reversal; full: also crop-resize and colour "
         "permutation",
+    )
+    p.add_argument(
+        "--calibrate",
+        choices=["f1", "jaccard"],
+        default="f1",
+        help="per-tag thresholds on the validation split that maximise each tag's F1, or the "
+        "served rule's mean Jaccard (coordinate ascent: higher on validation, not on test in "
+        "the zoo runs of 2026-11-27)",
     )
     p.add_argument(
         "--init", metavar="CKPT", help="start from this checkpoint's weights (same arch and loss)"

@@ -34,6 +34,9 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimiser step (gradient accumulation)
     keep_epochs: bool = True  # also save every epoch's weights (for --eval-epoch)
     augment: str = "flip"  # "flip": label-aware flips and time reversal; "full": also jitter
+    # Per-tag thresholds on the validation split maximising the served rule's mean Jaccard
+    # ("jaccard") or each tag's own F1 ("f1").
+    calibrate: str = "f1"
     init: str | None = None  # start from this checkpoint's weights (same arch and loss)
     # Fresh STB-1 clips rendered (not encoded) per epoch, each used once, mixed with the
     # cached ones (vidtag.train.rendered); drawn from the train split with `render_seed`.
@@ -52,5 +55,7 @@ class TrainConfig:
             raise ValueError(f"render_per_epoch and render_workers must be >= 0: {self}")
         if self.aux_masks < 0:
             raise ValueError(f"aux_masks must be >= 0: {self}")
+        if self.calibrate not in ("jaccard", "f1"):
+            raise ValueError(f"calibrate must be 'jaccard' or 'f1', not {self.calibrate!r}")
         if self.augment not in ("flip", "full"):
             raise ValueError(f"augment must be 'flip' or 'full', not {self.augment!r}")

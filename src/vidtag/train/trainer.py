@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from vidtag.train.cache import build_cache
 from vidtag.train.config import TrainConfig
 from vidtag.train.manifest import Clip, multi_hot
 from vidtag.train.masks import OBJECTS, cache_masks
-from vidtag.train.metrics import calibrate_thresholds, evaluate_predictions
+from vidtag.train.metrics import calibrate_jaccard, calibrate_thresholds, evaluate_predictions
 from vidtag.train.rendered import RenderedStream
 
 MEAN = (0.45, 0.45, 0.45)
@@ -452,7 +452,9 @@ def train(cfg: TrainConfig) -> Path:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             p_now = progress()  # collective: every rank calls it
             if rank == 0:
-                row, rule, metrics = _validate(net, head, data, ispec, limits, device, use_amp)
+                row, rule, metrics = _validate(
+                    net, head, data, ispec, limits, device, use_amp, cfg.calibrate
+                )
                 elapsed += time.time() - t0
                 row = {
                     "epoch": epoch + 1,
@@ -510,15 +512,21 @@ def _validate(
     limits: dict[str, tuple[int, int]],
     device: torch.device,
     use_amp: bool,
+    calibrate: str = "f1",
 ) -> tuple[dict[str, float], DecisionRule, dict[str, float]]:
     """Metrics of the decision that will be used: for exportable heads the served rule
-    (calibrated per-tag thresholds + group limits), for the others the head's own `predict`."""
+    (per-tag thresholds calibrated by `calibrate` + group limits), for the others the head's
+    own `predict`."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
         scores = predict(net, data.val, ispec, head)
     truth = data.y_val.astype(bool)
-    thresholds = calibrate_thresholds(scores, truth)
+    rule = DecisionRule(TAGS, TAG_GROUPS, (0.5,) * len(TAGS), limits)
+    if calibrate == "jaccard":
+        thresholds = calibrate_jaccard(scores, truth, rule)
+    else:
+        thresholds = calibrate_thresholds(scores, truth)
     head.set_thresholds(thresholds)
-    rule = DecisionRule(TAGS, TAG_GROUPS, tuple(thresholds.tolist()), limits)
+    rule = replace(rule, thresholds=tuple(thresholds.tolist()))
     if head.exportable:
         sets = rule.predict(scores)
     else:  # after set_thresholds: threshold-based decoders use them
@@ -545,7 +553,7 @@ def evaluate_epoch(out_dir: str | Path, epoch: int) -> dict[str, Any]:
     data = _load_data(cfg, out, torch.device("cpu"), 0)
     limits = observed_group_limits(data.y_train, TAGS, TAG_GROUPS)
     cpu = torch.device("cpu")
-    _, _, metrics = _validate(net, head, data, input_spec(cfg), limits, cpu, False)
+    _, _, metrics = _validate(net, head, data, input_spec(cfg), limits, cpu, False, cfg.calibrate)
     return {"epoch": epoch, "arch": cfg.arch, **metrics}
 
 
