@@ -91,7 +91,7 @@ def test_jaccard_calibration_beats_both_starts_on_its_split() -> None:
     assert (th[4:] == NEVER).all()  # rare tags with noise scores are never worth predicting
 
 
-def test_jaccard_calibration_of_uninformative_scores_is_the_constant_answer() -> None:
+def test_jaccard_calibration_of_uninformative_scores_is_no_worse_than_the_constant_answer() -> None:
     rng = np.random.default_rng(2)
     true = rng.random((200, 5)) < np.array([0.95, 0.8, 0.1, 0.1, 0.1])
     scores = rng.random((200, 5))
