@@ -69,6 +69,7 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
         progress=False,
         resume=False,
         keep_epochs=False,
+        init=args.init,
     )
     t0 = time.time()
     best = torch.load(train(cfg), weights_only=False, map_location="cpu")
@@ -159,6 +160,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--work", default="build/zoo")
+    p.add_argument(
+        "--init", help="every pair starts from this checkpoint's network (e.g. a trained trunk)"
+    )
     p.add_argument("--json", default="build/zoo/report.json")
     p.add_argument(
         "--latency-size", default="8x224x128", help="FxHxW of the latency columns (serving's)"

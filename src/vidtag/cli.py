@@ -265,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the zoo runs of 2026-11-27)",
     )
     p.add_argument(
-        "--init", metavar="CKPT", help="start from this checkpoint's weights (same arch and loss)"
+        "--init",
+        metavar="CKPT",
+        help="start from this checkpoint's weights: the network (same arch, or one it extends), "
+        "and the head when the loss is the same",
     )
     p.add_argument(
         "--render-per-epoch",

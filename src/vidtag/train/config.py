@@ -37,7 +37,7 @@ class TrainConfig:
     # Per-tag thresholds on the validation split maximising the served rule's mean Jaccard
     # ("jaccard") or each tag's own F1 ("f1").
     calibrate: str = "f1"
-    init: str | None = None  # start from this checkpoint's weights (same arch and loss)
+    init: str | None = None  # start from this checkpoint's network (and head, same loss)
     # Fresh STB-1 clips rendered (not encoded) per epoch, each used once, mixed with the
     # cached ones (vidtag.train.rendered); drawn from the train split with `render_seed`.
     render_per_epoch: int = 0

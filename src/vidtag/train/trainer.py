@@ -588,13 +588,13 @@ def _load_init(
 ) -> None:
     """Weights (not optimiser or schedule) from another run's best.pt or checkpoint.pt. Of
     another network, only one that the configured one extends (every tensor present, same
-    shape): the modules it lacks start fresh, e.g. a head added to a trained trunk."""
+    shape): the modules it lacks start fresh, e.g. a head added to a trained trunk. Of another
+    loss, the network only: the head starts fresh (the sequence decoders' papers train them
+    on a trained CNN)."""
     assert cfg.init
     state = torch.load(cfg.init, weights_only=False, map_location=device)
     conf = state.get("config", {})
     arch, loss = state.get("arch", conf.get("arch")), conf.get("loss")
-    if loss != cfg.loss:
-        raise ValueError(f"--init {cfg.init} holds {arch}/{loss}, not {cfg.arch}/{cfg.loss}")
     if arch == cfg.arch:
         net.load_state_dict(state["model"])
     else:
@@ -607,7 +607,10 @@ def _load_init(
             )
         fresh = net.load_state_dict(state["model"], strict=False).missing_keys
         print(f"--init from {arch}: {len(fresh)} tensors of {cfg.arch} start fresh", flush=True)
-    head.load_state_dict(state["head"])
+    if loss == cfg.loss:
+        head.load_state_dict(state["head"])
+    else:
+        print(f"--init from {arch}/{loss}: the {cfg.loss} head starts fresh", flush=True)
 
 
 def _best_state(
