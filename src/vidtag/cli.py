@@ -239,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX)",
+    )
     p.add_argument(
         "--time-budget",
         type=float,

@@ -28,7 +28,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = True
     device: str = "auto"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast of training steps where bf16 is native (CUDA, AVX512-BF16)
     time_budget_s: float = 0.0  # > 0: the LR schedule runs on wall time and training stops there
     warmup: float = 0.15  # fraction of the schedule spent warming up
     accumulate: int = 1  # micro-batches per optimiser step (gradient accumulation)

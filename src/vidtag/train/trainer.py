@@ -1,7 +1,9 @@
 """Single-process trainer: frame cache -> batched augmentation and normalisation -> network + loss.
 
-Runs on CPU or one GPU (frames copied to the GPU once, bf16 autocast); with a time budget the
-learning-rate schedule follows wall time, so a fixed device lease gets a complete schedule.
+Runs on CPU or one GPU (frames copied to the GPU once); steps run in bf16 autocast where the
+device computes bf16 natively, CPU ones channels-last (vidtag.train.precision). With a time
+budget the learning-rate schedule follows wall time, so a fixed device lease gets a complete
+schedule.
 
 Writes `<out>/checkpoint.pt` every epoch (resumable) and `<out>/best.pt` with the calibrated
 thresholds and validation metrics of the best epoch (by mean Jaccard).
@@ -38,6 +40,7 @@ from vidtag.train.config import TrainConfig
 from vidtag.train.manifest import Clip, multi_hot
 from vidtag.train.masks import OBJECTS, cache_masks
 from vidtag.train.metrics import calibrate_jaccard, calibrate_thresholds, evaluate_predictions
+from vidtag.train.precision import bf16_native, channels_last_input, for_cpu_training
 from vidtag.train.rendered import RenderedStream
 
 MEAN = (0.45, 0.45, 0.45)
@@ -334,13 +337,18 @@ def train(cfg: TrainConfig) -> Path:
     rank, world = _world()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp and bf16_native(device)  # training steps
+    # Validation stays fp32 on CPU: the thresholds it calibrates serve the fp32 ONNX model.
+    eval_amp = use_amp and device.type == "cuda"
+    fast_layout = device.type == "cpu"  # oneDNN; untried on cuDNN
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rng = np.random.default_rng(cfg.seed)  # same on every rank: the same permutation
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * rank)
     ispec = input_spec(cfg)
     net = build_net(cfg).to(device)
+    if fast_layout:
+        for_cpu_training(net, use_amp)
     stride = int(getattr(net, "aux_stride", 0)) if cfg.aux_masks > 0 else None
     data = _load_data(cfg, out, device, rank, stride)
     y_tr_dev = torch.from_numpy(data.y_train).to(device)
@@ -435,11 +443,18 @@ def train(cfg: TrainConfig) -> Path:
                 x = normalise(frames, ispec.mean, ispec.std)
                 if cfg.augment == "full":
                     x, masks = jitter(x, gen, masks=masks)
+                if fast_layout:
+                    x = channels_last_input(x)
                 sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
                 if isinstance(model, DDP) and not last_micro:
                     sync = model.no_sync()
                 with sync:
                     loss = model(x, y, use_amp, masks)
+                    if not torch.isfinite(loss):  # weights already NaN, or about to be
+                        raise FloatingPointError(
+                            f"non-finite loss {loss.item()} at step {step} of epoch {epoch + 1}"
+                            + (" (bf16 autocast: try --no-amp)" if use_amp else "")
+                        )
                     (loss / cfg.accumulate).backward()
                 if last_micro:
                     opt.step()
@@ -453,7 +468,7 @@ def train(cfg: TrainConfig) -> Path:
             p_now = progress()  # collective: every rank calls it
             if rank == 0:
                 row, rule, metrics = _validate(
-                    net, head, data, ispec, limits, device, use_amp, cfg.calibrate
+                    net, head, data, ispec, limits, device, eval_amp, cfg.calibrate
                 )
                 elapsed += time.time() - t0
                 row = {
