@@ -1,7 +1,7 @@
 """Where training runs in bf16, and the memory layout its convolutions are fastest in.
 
 bf16 autocast pays where the hardware multiplies bf16 natively: CUDA, and x86 CPUs with
-AVX512-BF16 or AMX (oneDNN). Elsewhere oneDNN emulates it and a step gets slower, so it stays off.
+AVX512-BF16 or AMX (oneDNN). Elsewhere bf16 is emulated, no faster than fp32, so it stays off.
 On CPU, oneDNN's convolutions also want channels-last tensors: a 3-D network's training step on
 this project's 2-core AVX512-BF16 box runs 2-3x faster with both (benchmarks/train_step.py).
 
