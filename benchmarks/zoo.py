@@ -88,11 +88,13 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
         pred = head_sets(net, test, input_spec(cfg), head_module)
     m = evaluate_predictions(scores, pred, labels.astype(bool), TAGS, TAG_GROUPS)
     history = json.loads((out / "history.json").read_text())
+    n_train = len(read_manifest(args.train)) - int(history[-1]["val_clips"])
     params = sum(p.numel() for p in net.parameters())
     return {
         "arch": arch,
         "head": head,
-        "epochs": float(len(history)),
+        # passes over the clips trained on (a budget may stop the run inside an epoch)
+        "epochs": history[-1]["step"] * cfg.batch_size * cfg.accumulate / n_train,
         "best_epoch": float(best["epoch"]),
         "train_s": seconds,
         "params_M": params / 1e6,
@@ -196,7 +198,7 @@ def main() -> None:
         rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
         r = rows[-1]
         print(
-            f"{arch:<12} {head:<9} epochs {int(r['epochs']):>3} (best {int(r['best_epoch'])}) "
+            f"{arch:<12} {head:<9} epochs {r['epochs']:>5.2f} (best {int(r['best_epoch'])}) "
             + " ".join(f"{k} {float(r[k]):.3f}" for k in COLUMNS + GROUPS),
             flush=True,
         )
@@ -209,7 +211,7 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M {int(r['epochs']):>6} "
+            f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M {r['epochs']:>6.2f} "
             + " ".join(f"{float(r[c]):>12.3f}" for c in COLUMNS + GROUPS)
             + "".join(f" {float(r.get(k, float('nan'))):>8.2f}" for k in ("net_ms", "head_ms"))
         )
