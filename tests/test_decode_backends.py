@@ -260,9 +260,30 @@ def test_access_units_are_annexb_gops(clip: str, request: pytest.FixtureRequest)
         assert all(u.data.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01")) for u in gop.units)
         first = gop.units[0]
         assert first.is_key and first.pts_s == index.pts_s[gop.start]
-        assert params <= set(nvdec.nal_types(codec, first.data))
+        types = nvdec.nal_types(codec, first.data)
+        assert params <= set(types)
+        # Up to the first slice: the parameter sets and the IDR decision, no picture data.
+        slices = {"h264": range(1, 6), "hevc": range(32)}[codec]
+        cut = next(k for k, t in enumerate(types) if t in slices) + 1
+        assert nvdec.nal_types(codec, first.data, until_slice=True) == types[:cut]
         # The units of one GOP are a stream a decoder can start on: every packet gives a frame.
         assert _decode_annexb(codec, b"".join(u.data for u in gop.units)) == len(gop.units)
+
+
+def test_nal_types_skip_empty_units() -> None:
+    # SPS, an empty unit (two start codes in a row), PPS, IDR slice, a trailing start code.
+    au = b"\x00\x00\x00\x01\x67\x42" + b"\x00\x00\x01" + b"\x00\x00\x01\x68\xce"
+    au += b"\x00\x00\x01\x65\x88\x84" + b"\x00\x00\x01\x01\x9a" + b"\x00\x00\x01"
+    assert nvdec.nal_types("h264", au) == [7, 8, 5, 1]
+    assert nvdec.nal_types("h264", au, until_slice=True) == [7, 8, 5]
+    assert list(nvdec._start_code_split(au)) == [
+        b"\x67\x42",
+        b"",
+        b"\x68\xce",
+        b"\x65\x88\x84",
+        b"\x01\x9a",
+        b"",
+    ]
 
 
 def test_parameter_sets_added_to_non_idr_keyframes(clip_dir: Path) -> None:

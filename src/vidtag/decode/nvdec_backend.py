@@ -47,6 +47,7 @@ NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "vp9": "VP9", "av1": "AV1"}
 _ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 _PARAMETER_SETS = {"h264": frozenset({7, 8}), "hevc": frozenset({32, 33, 34})}  # (VPS,) SPS, PPS
 _IDR_NAL_TYPES = {"h264": frozenset({5}), "hevc": frozenset({19, 20})}  # IDR (_W_RADL, _N_LP)
+_VCL_NAL_TYPES = {"h264": frozenset(range(1, 6)), "hevc": frozenset(range(32))}  # slices
 # 4:2:0 formats NVDEC returns as NV12 (8 bit) or P016 (10/12 bit, MSB-aligned), by bit depth.
 _420_FORMATS = {
     "yuv420p": 8,
@@ -101,29 +102,47 @@ def nvdec_codec(codec: str) -> str:
         raise InvalidVideo(f"codec {codec} not supported by NVDEC") from None
 
 
-def _start_code_split(data: bytes) -> Iterator[bytes]:
-    """NAL unit payloads of an Annex B buffer (3- and 4-byte start codes)."""
-    starts: list[int] = []
+def _nal_starts(data: bytes) -> Iterator[int]:
+    """Offsets of the NAL unit payloads of an Annex B buffer, found lazily (3- and 4-byte
+    start codes): a caller that stops early does not scan the slice data behind them."""
     i = data.find(b"\x00\x00\x01")
     while i >= 0:
-        starts.append(i + 3)
+        yield i + 3
         i = data.find(b"\x00\x00\x01", i + 3)
-    for k, s in enumerate(starts):
-        if k + 1 < len(starts):  # a 4-byte start code leaves a zero byte behind the NAL
-            yield data[s : starts[k + 1] - 3].rstrip(b"\x00")
-        else:
+
+
+def _start_code_split(data: bytes) -> Iterator[bytes]:
+    """NAL unit payloads of an Annex B buffer (3- and 4-byte start codes)."""
+    starts = _nal_starts(data)
+    s = next(starts, None)
+    while s is not None:
+        end = next(starts, None)
+        if end is None:
             yield data[s:]
+        else:  # a 4-byte start code leaves a zero byte behind the NAL
+            yield data[s : end - 3].rstrip(b"\x00")
+        s = end
 
 
 def _nal_type(codec: str, nal: bytes) -> int:
     return nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F  # H.264 / HEVC header
 
 
-def nal_types(codec: str, data: bytes) -> list[int]:
-    """NAL unit types, in order, of an Annex B H.264 or HEVC access unit."""
+def nal_types(codec: str, data: bytes, *, until_slice: bool = False) -> list[int]:
+    """NAL unit types, in order, of an Annex B H.264 or HEVC access unit; `until_slice`: up to
+    and including the first slice (VCL) NAL unit, which every parameter set of the unit
+    precedes and whose type says IDR or not, without scanning the picture data."""
     if codec not in _PARAMETER_SETS:
         raise ValueError(f"no NAL units in {codec}")
-    return [_nal_type(codec, nal) for nal in _start_code_split(data) if nal]
+    slices = _VCL_NAL_TYPES[codec]
+    types: list[int] = []
+    for s in _nal_starts(data):
+        if s >= len(data) or data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01"), s):
+            continue  # an empty NAL unit
+        types.append(_nal_type(codec, data[s : s + 1]))
+        if until_slice and types[-1] in slices:
+            break
+    return types
 
 
 def _length_prefixed(buf: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
@@ -244,7 +263,9 @@ def planned_access_units(index: PacketIndex, plan: Plan, stream: Any) -> list[Go
                 units.append(AccessUnit(data, float(index.pts_s[i]), is_key, i))
         # NAL unit types of the GOP's first unit (H.264/HEVC), read once for both checks.
         first_nals = (
-            set(nal_types(codec, units[0].data)) if units and codec in _PARAMETER_SETS else set()
+            set(nal_types(codec, units[0].data, until_slice=True))
+            if units and codec in _PARAMETER_SETS
+            else set()
         )
         if units and headers:
             first = units[0]
