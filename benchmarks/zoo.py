@@ -6,10 +6,15 @@ split and print the test metrics of each, side by side. A benchmark: it prints n
         --pairs x2plus1d_s:bce,x2plus1d_s:warp,x2plus1d_s:lsep,r2plus1d_18:bce
 
 The train split's frame cache is decoded once (`--cache`, or built on first use) and shared by
-every run through a symlink, as is the test split's. Each run keeps 10 % of the train split for
-validation (threshold calibration and best-epoch choice), as `vidtag train` does. Each row
-also gets its CPU latency at the serving input size (`--latency-size`, batch 1): the network's
-forward pass and the head's decision (the sequence decoders' search included);
+every run through a symlink, as is the test split's. A pair may name its own input,
+`arch:head@FxHxW` (e.g. a large network at a size that gives it several epochs of the budget);
+its caches are built once per size under `--work`. `--resume` skips the pairs already in the
+`--json` report (written after every pair) and resumes an interrupted run from its last
+epoch's checkpoint (training time up to that checkpoint counts against the budget), so a long
+table can be run in parts. Each run keeps 10 % of the train split for validation (threshold
+calibration and best-epoch choice), as `vidtag train` does. Each row also gets its CPU latency
+at the serving input size (`--latency-size`, batch 1), and a sized pair also at its own input:
+the network's forward pass and the head's decision (the sequence decoders' search included);
 `--latency-only` prints just those, without training.
 """
 
@@ -52,22 +57,46 @@ def _link_cache(run: Path, shared: Path) -> None:
         link.symlink_to(shared.resolve(), target_is_directory=True)
 
 
-def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float | str]:
-    out = Path(args.work) / f"{arch}-{head}"
-    _link_cache(out, Path(args.cache))
+DEFAULT_INPUT = f"{TrainConfig.frames}x{TrainConfig.height}x{TrainConfig.width}"
+
+
+def parse_pair(pair: str) -> tuple[str, str, str | None]:
+    """ "arch:head" or "arch:head@FxHxW" -> (arch, head, size or None)."""
+    names, _, size = pair.partition("@")
+    arch, head = names.split(":")
+    if size:
+        _size(size)  # fail early on a malformed size
+    return arch, head, size or None
+
+
+def _size(size: str) -> tuple[int, int, int]:
+    f, h, w = (int(v) for v in size.lower().split("x"))
+    return f, h, w
+
+
+def run_pair(
+    arch: str, head: str, size: str | None, args: argparse.Namespace
+) -> dict[str, float | str]:
+    work = Path(args.work)
+    out = work / (f"{arch}-{head}" + (f"-{size}" if size else ""))
+    _link_cache(out, Path(args.cache) if size is None else work / f"cache-train-{size}")
+    frames, height, width = _size(size or DEFAULT_INPUT)
     cfg = TrainConfig(
         train_manifest=args.train,
         val_manifest=None,
         out_dir=str(out),
         arch=arch,
         loss=head,
+        frames=frames,
+        height=height,
+        width=width,
         epochs=100_000,
         time_budget_s=args.budget,
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
         progress=False,
-        resume=False,
+        resume=args.resume,
         keep_epochs=False,
         init=args.init,
     )
@@ -78,8 +107,9 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
     net.load_state_dict(best["model"])
     head_module = build_head(head, net)
     head_module.load_state_dict(best["head"])
-    frames, labels = _cached(args.test, Path(args.work) / "cache-test", sampling_spec(cfg), cfg)
-    test = FrameSource(frames, torch.device("cpu"))
+    test_cache = work / ("cache-test" if size is None else f"cache-test-{size}")
+    clips, labels = _cached(args.test, test_cache, sampling_spec(cfg), cfg)
+    test = FrameSource(clips, torch.device("cpu"))
     scores = predict(net, test, input_spec(cfg), head_module)
     if head_module.exportable:  # the rule the server would apply
         rule = DecisionRule(TAGS, TAG_GROUPS, tuple(best["thresholds"]), best["group_limits"])
@@ -93,6 +123,7 @@ def run_pair(arch: str, head: str, args: argparse.Namespace) -> dict[str, float 
     return {
         "arch": arch,
         "head": head,
+        "input": size or DEFAULT_INPUT,
         # passes over the clips trained on (a budget may stop the run inside an epoch)
         "epochs": history[-1]["step"] * cfg.batch_size * cfg.accumulate / n_train,
         "best_epoch": float(best["epoch"]),
@@ -108,7 +139,7 @@ def latency_row(arch: str, head: str, size: str, reps: int) -> dict[str, float |
     outputs - scores for the threshold heads (their rule is a numpy comparison on top), the
     heads' own search for the sequence decoders (cnn_rnn, scnn_rnn, ria). Medians of `reps`
     after 3 warm-ups."""
-    f, h, w = (int(v) for v in size.lower().split("x"))
+    f, h, w = _size(size)
     torch.manual_seed(0)
     net = create_model(arch, num_classes=len(TAGS)).eval()
     head_module = build_head(head, net).eval()
@@ -147,8 +178,8 @@ def prior_row(args: argparse.Namespace) -> dict[str, float | str]:
         TAGS, TAG_GROUPS,
     )  # fmt: skip
     print(f"frequency prior: {[t for t, c in zip(TAGS, chosen, strict=True) if c]} for all {n}")
-    return {"arch": "prior", "head": "-", "epochs": 0.0, "best_epoch": 0.0, "train_s": 0.0,
-            "params_M": 0.0, **{k: float(v) for k, v in m.items()}}  # fmt: skip
+    return {"arch": "prior", "head": "-", "input": "-", "epochs": 0.0, "best_epoch": 0.0,
+            "train_s": 0.0, "params_M": 0.0, **{k: float(v) for k, v in m.items()}}  # fmt: skip
 
 
 def main() -> None:
@@ -156,7 +187,9 @@ def main() -> None:
     p.add_argument("--train", help="STB-1 train manifest (training runs)")
     p.add_argument("--test", help="STB-1 test manifest (training runs)")
     p.add_argument("--cache", help="frame cache of the train manifest (training runs)")
-    p.add_argument("--pairs", required=True, help="comma-separated arch:head pairs")
+    p.add_argument(
+        "--pairs", required=True, help="comma-separated arch:head or arch:head@FxHxW pairs"
+    )
     p.add_argument("--budget", type=float, default=180.0, help="training seconds per pair")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -166,6 +199,11 @@ def main() -> None:
         "--init", help="every pair starts from this checkpoint's network (e.g. a trained trunk)"
     )
     p.add_argument("--json", default="build/zoo/report.json")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the pairs already in --json; resume an interrupted run from its checkpoint",
+    )
     p.add_argument(
         "--latency-size", default="8x224x128", help="FxHxW of the latency columns (serving's)"
     )
@@ -180,8 +218,8 @@ def main() -> None:
         where = f"{args.latency_size}, batch 1, {torch.get_num_threads()} threads"
         print(f"{'arch':<12} {'head':<9} {'params':>7} {'net ms':>8} {'head ms':>8}  ({where})")
         for pair in args.pairs.split(","):
-            arch, head = pair.split(":")
-            r = latency_row(arch, head, args.latency_size, args.latency_reps)
+            arch, head, size = parse_pair(pair)
+            r = latency_row(arch, head, size or args.latency_size, args.latency_reps)
             print(
                 f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M "
                 f"{float(r['net_ms']):>8.1f} {float(r['head_ms']):>8.2f}",
@@ -190,28 +228,38 @@ def main() -> None:
         return
     if not (args.train and args.test and args.cache):
         p.error("--train, --test and --cache are needed unless --latency-only")
+    report = Path(args.json)
+    done = json.loads(report.read_text()) if args.resume and report.is_file() else []
     rows = [prior_row(args)]
     for pair in args.pairs.split(","):
-        arch, head = pair.split(":")
-        rows.append(run_pair(arch, head, args))
+        arch, head, size = parse_pair(pair)
+        key = (arch, head, size or DEFAULT_INPUT)
+        if kept := [r for r in done if (r["arch"], r["head"], r.get("input")) == key]:
+            rows.append(kept[0])
+            continue
+        rows.append(run_pair(arch, head, size, args))
         lat = latency_row(arch, head, args.latency_size, args.latency_reps)
         rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
+        if size:  # and at the input it was trained for
+            rows[-1]["net_ms_input"] = latency_row(arch, head, size, args.latency_reps)["net_ms"]
         r = rows[-1]
         print(
-            f"{arch:<12} {head:<9} epochs {r['epochs']:>5.2f} (best {int(r['best_epoch'])}) "
+            f"{arch:<12} {head:<9} {r['input']:<10} epochs {r['epochs']:>5.2f} "
+            f"(best {int(r['best_epoch'])}) "
             + " ".join(f"{k} {float(r[k]):.3f}" for k in COLUMNS + GROUPS),
             flush=True,
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=1))
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(rows, indent=1))  # after every pair: a killed run keeps it
     print(
-        f"\n{'arch':<12} {'head':<9} {'params':>7} {'epochs':>6} "
+        f"\n{'arch':<12} {'head':<9} {'input':<10} {'params':>7} {'epochs':>6} "
         + " ".join(f"{c:>12}" for c in COLUMNS + GROUPS)
         + f" {'net ms':>8} {'head ms':>8}"
     )
     for r in rows:
         print(
-            f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M {r['epochs']:>6.2f} "
+            f"{r['arch']:<12} {r['head']:<9} {r['input']:<10} {float(r['params_M']):>6.2f}M "
+            f"{r['epochs']:>6.2f} "
             + " ".join(f"{float(r[c]):>12.3f}" for c in COLUMNS + GROUPS)
             + "".join(f" {float(r.get(k, float('nan'))):>8.2f}" for k in ("net_ms", "head_ms"))
         )
