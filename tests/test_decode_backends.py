@@ -284,6 +284,12 @@ def test_nal_types_skip_empty_units() -> None:
         b"\x01\x9a",
         b"",
     ]
+    # Zero padding (trailing_zero_8bits) behind an empty unit: still empty, as the split says.
+    padded = b"\x00\x00\x01\x67\x42" + b"\x00\x00\x01\x00\x00" + b"\x00\x00\x01\x65\x88"
+    assert [n for n in nvdec._start_code_split(padded) if n] == [b"\x67\x42", b"\x65\x88"]
+    assert nvdec.nal_types("h264", padded) == [7, 5]
+    # An HEVC TRAIL_N header starts with a zero byte and is not empty.
+    assert nvdec.nal_types("hevc", b"\x00\x00\x01\x00\x01\xaf") == [0]
 
 
 def test_parameter_sets_added_to_non_idr_keyframes(clip_dir: Path) -> None:

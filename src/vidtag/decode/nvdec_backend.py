@@ -124,6 +124,15 @@ def _start_code_split(data: bytes) -> Iterator[bytes]:
         s = end
 
 
+def _empty_nal(data: bytes, s: int) -> bool:
+    """Whether the NAL unit at payload offset `s` is empty by `_start_code_split`'s rule: only
+    zero bytes before the next start code (or nothing at all), read without slicing."""
+    p = s
+    while p < len(data) and data[p] == 0:
+        p += 1
+    return s >= len(data) or (p - s >= 2 and p < len(data) and data[p] == 1)
+
+
 def _nal_type(codec: str, nal: bytes) -> int:
     return nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F  # H.264 / HEVC header
 
@@ -137,8 +146,8 @@ def nal_types(codec: str, data: bytes, *, until_slice: bool = False) -> list[int
     slices = _VCL_NAL_TYPES[codec]
     types: list[int] = []
     for s in _nal_starts(data):
-        if s >= len(data) or data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01"), s):
-            continue  # an empty NAL unit
+        if _empty_nal(data, s):
+            continue
         types.append(_nal_type(codec, data[s : s + 1]))
         if until_slice and types[-1] in slices:
             break
