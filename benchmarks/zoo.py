@@ -9,9 +9,11 @@ The train split's frame cache is decoded once (`--cache`, or built on first use)
 every run through a symlink, as is the test split's. A pair may name its own input,
 `arch:head@FxHxW` (e.g. a large network at a size that gives it several epochs of the budget);
 its caches are built once per size under `--work`. `--resume` skips the pairs already in the
-`--json` report (written after every pair) and resumes an interrupted run from its last
-epoch's checkpoint (training time up to that checkpoint counts against the budget), so a long
-table can be run in parts. Each run keeps 10 % of the train split for validation (threshold
+`--json` report (written after every pair, keeping the rows of earlier invocations) and
+resumes an interrupted run from its last epoch's checkpoint (training time up to that
+checkpoint counts against the budget), so a long table can be run in parts, across machines:
+every row carries a digest of the train and test clips it was measured on, and a report of
+other data is refused. Each run keeps 10 % of the train split for validation (threshold
 calibration and best-epoch choice), as `vidtag train` does. Each row also gets its CPU latency
 at the serving input size (`--latency-size`, batch 1), and a sized pair also at its own input:
 the network's forward pass and the head's decision (the sequence decoders' search included);
@@ -21,6 +23,7 @@ the network's forward pass and the head's decision (the sequence decoders' searc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -72,6 +75,18 @@ def parse_pair(pair: str) -> tuple[str, str, str | None]:
 def _size(size: str) -> tuple[int, int, int]:
     f, h, w = (int(v) for v in size.lower().split("x"))
     return f, h, w
+
+
+def data_digest(*manifests: str) -> str:
+    """sha256 (16 hex digits) of the manifests' clips, bytes and tags: rows measured in
+    different sessions share a table only if their STB-1 splits are the same files."""
+    h = hashlib.sha256()
+    for manifest in manifests:
+        for clip in read_manifest(manifest):
+            h.update(",".join(clip.tags).encode() + b"\0")
+            with open(clip.path, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()[:16]
 
 
 def run_pair(
@@ -229,18 +244,23 @@ def main() -> None:
     if not (args.train and args.test and args.cache):
         p.error("--train, --test and --cache are needed unless --latency-only")
     report = Path(args.json)
-    done = json.loads(report.read_text()) if args.resume and report.is_file() else []
-    rows = [prior_row(args)]
-    for pair in args.pairs.split(","):
-        arch, head, size = parse_pair(pair)
+    digest = data_digest(args.train, args.test)
+    done = json.loads(report.read_text())[1:] if args.resume and report.is_file() else []
+    if other := {str(r.get("data")) for r in done} - {digest}:
+        p.error(f"{report} holds rows of other data ({', '.join(sorted(other))}, not {digest})")
+    pairs = [parse_pair(pair) for pair in args.pairs.split(",")]
+    asked = {(arch, head, size or DEFAULT_INPUT) for arch, head, size in pairs}
+    rows = [{**prior_row(args), "data": digest}]
+    rows += [r for r in done if (r["arch"], r["head"], r["input"]) not in asked]  # kept as is
+    for arch, head, size in pairs:
         key = (arch, head, size or DEFAULT_INPUT)
-        if kept := [r for r in done if (r["arch"], r["head"], r.get("input")) == key]:
+        if kept := [r for r in done if (r["arch"], r["head"], r["input"]) == key]:
             rows.append(kept[0])
             continue
-        rows.append(run_pair(arch, head, size, args))
+        rows.append({**run_pair(arch, head, size, args), "data": digest})
         lat = latency_row(arch, head, args.latency_size, args.latency_reps)
         rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
-        if size:  # and at the input it was trained for
+        if size and size != args.latency_size:  # and at the input it was trained for
             rows[-1]["net_ms_input"] = latency_row(arch, head, size, args.latency_reps)["net_ms"]
         r = rows[-1]
         print(
