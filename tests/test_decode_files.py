@@ -53,6 +53,27 @@ def _indexes(path: Path) -> tuple[Any, Any]:
     return tables, demux
 
 
+def test_index_packets_own_their_bytes(files: dict[str, Path]) -> None:
+    """A packet the decoders get holds an FFmpeg-owned copy, not a view of the bytes it was
+    read as (a view is released under the GIL by whichever thread drops it last: a deadlock
+    with frame threads, see `ffmpeg_packet`)."""
+    limits, lent = DecodeLimits(), []
+
+    def read(pos: int, size: int) -> bytearray:
+        lent.append(bytearray(src.read(pos, size)))
+        return lent[-1]
+
+    with Source(files["h264_bframes.mp4"].read_bytes(), limits) as src:
+        c = open_container(src)
+        index = index_from_tables(c, c.streams.video[0], read, src.size, limits)
+        c.close()
+    assert index is not None
+    pkt = index.packet(0)
+    want = bytes(lent[-1])
+    lent[-1][:] = bytes(len(want))
+    assert bytes(pkt) == want and any(want)
+
+
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n.endswith(".mp4")])
 def test_sample_tables_give_the_demuxed_index(files: dict[str, Path], name: str) -> None:
     tables, demux = _indexes(files[name])

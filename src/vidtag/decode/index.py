@@ -22,6 +22,18 @@ from vidtag.errors import InvalidVideo, LimitExceeded
 Fetch = Callable[[int], Any]  # decode-order position -> av.Packet
 
 
+def ffmpeg_packet(data: bytes) -> Any:
+    """A packet holding a copy of `data` in a buffer FFmpeg owns. `av.Packet(bytes)` lends the
+    bytes object instead, and its buffer's last reference is released by taking the GIL: when
+    that reference is a frame-threading worker's and the thread holding the GIL is closing
+    or flushing the decoder (it waits for the worker), the process deadlocks (seen building
+    a frame cache: one decode process hung in `avcodec_free_context`, its worker waiting for
+    the GIL in `av_packet_unref`)."""
+    pkt = av.Packet(len(data))
+    pkt.update(data)
+    return pkt
+
+
 @dataclass
 class PacketIndex:
     """Video packets in decode order, described without decoding; `packet(i)` yields one."""
@@ -148,7 +160,7 @@ def index_from_tables(
 
     def fetch(i: int) -> Any:
         j = int(keep[i])
-        pkt = av.Packet(read(int(pos[j]), int(size[j])))
+        pkt = ffmpeg_packet(read(int(pos[j]), int(size[j])))
         pkt.pts, pkt.dts, pkt.time_base = int(pts[j]), int(dts[j]), tb
         pkt.is_keyframe = bool(rows[j, 3])
         return pkt

@@ -33,7 +33,7 @@ import av.bitstream
 import numpy as np
 
 from vidtag.decode.h264_sps import parse_sps
-from vidtag.decode.index import PacketIndex
+from vidtag.decode.index import PacketIndex, ffmpeg_packet
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.mp4 import isobmff_rotation
 from vidtag.decode.planner import Plan, plan_frames
@@ -226,7 +226,7 @@ def av1_obu_types(data: bytes) -> list[int]:
 def _copy_packet(pkt: Any, is_key: bool) -> Any:
     """A new packet with `pkt`'s bytes and timing: bitstream filters take the packet they are
     given (PyAV leaves it empty), and the index keeps its own."""
-    copy = av.Packet(bytes(pkt))
+    copy = ffmpeg_packet(bytes(pkt))
     copy.pts, copy.dts, copy.time_base = pkt.pts, pkt.dts, pkt.time_base
     copy.is_keyframe = is_key
     return copy
