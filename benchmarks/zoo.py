@@ -220,6 +220,9 @@ def main() -> None:
         help="skip the pairs already in --json; resume an interrupted run from its checkpoint",
     )
     p.add_argument(
+        "--max-pairs", type=int, default=0, help="train at most this many new pairs (0: all)"
+    )
+    p.add_argument(
         "--latency-size", default="8x224x128", help="FxHxW of the latency columns (serving's)"
     )
     p.add_argument("--latency-reps", type=int, default=20)
@@ -248,16 +251,17 @@ def main() -> None:
     done = json.loads(report.read_text())[1:] if args.resume and report.is_file() else []
     if other := {str(r.get("data")) for r in done} - {digest}:
         p.error(f"{report} holds rows of other data ({', '.join(sorted(other))}, not {digest})")
-    pairs = [parse_pair(pair) for pair in args.pairs.split(",")]
-    asked = {(arch, head, size or DEFAULT_INPUT) for arch, head, size in pairs}
-    rows = [{**prior_row(args), "data": digest}]
-    rows += [r for r in done if (r["arch"], r["head"], r["input"]) not in asked]  # kept as is
-    for arch, head, size in pairs:
-        key = (arch, head, size or DEFAULT_INPUT)
-        if kept := [r for r in done if (r["arch"], r["head"], r["input"]) == key]:
-            rows.append(kept[0])
+    measured = {(r["arch"], r["head"], r["input"]) for r in done}
+    rows = [{**prior_row(args), "data": digest}, *done]  # the report's rows, kept as they are
+    trained = 0
+    for arch, head, size in (parse_pair(pair) for pair in args.pairs.split(",")):
+        if (arch, head, size or DEFAULT_INPUT) in measured:
             continue
+        if args.max_pairs and trained == args.max_pairs:
+            print(f"--max-pairs {args.max_pairs}: {arch}:{head} and after left for later")
+            break
         rows.append({**run_pair(arch, head, size, args), "data": digest})
+        trained += 1
         lat = latency_row(arch, head, args.latency_size, args.latency_reps)
         rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
         if size and size != args.latency_size:  # and at the input it was trained for
