@@ -22,14 +22,14 @@ from vidtag.errors import InvalidVideo, LimitExceeded
 Fetch = Callable[[int], Any]  # decode-order position -> av.Packet
 
 
-def ffmpeg_packet(data: bytes) -> Any:
-    """A packet holding a copy of `data` in a buffer FFmpeg owns. `av.Packet(bytes)` lends the
-    bytes object instead, and its buffer's last reference is released by taking the GIL: when
-    that reference is a frame-threading worker's and the thread holding the GIL is closing
-    or flushing the decoder (it waits for the worker), the process deadlocks (seen building
-    a frame cache: one decode process hung in `avcodec_free_context`, its worker waiting for
-    the GIL in `av_packet_unref`)."""
-    pkt = av.Packet(len(data))
+def ffmpeg_packet(data: Any) -> Any:
+    """A packet holding a copy of `data` (bytes, or any buffer such as another packet) in a
+    buffer FFmpeg owns. `av.Packet(bytes)` lends the bytes object instead, and its buffer's
+    last reference is released by taking the GIL: when that reference is a frame-threading
+    worker's and the thread holding the GIL is closing or flushing the decoder (it waits for
+    the worker), the process deadlocks (seen building a frame cache: one decode process hung
+    in `avcodec_free_context`, its worker waiting for the GIL in `av_packet_unref`)."""
+    pkt = av.Packet(memoryview(data).nbytes)
     pkt.update(data)
     return pkt
 

@@ -226,7 +226,7 @@ def av1_obu_types(data: bytes) -> list[int]:
 def _copy_packet(pkt: Any, is_key: bool) -> Any:
     """A new packet with `pkt`'s bytes and timing: bitstream filters take the packet they are
     given (PyAV leaves it empty), and the index keeps its own."""
-    copy = ffmpeg_packet(bytes(pkt))
+    copy = ffmpeg_packet(pkt)  # one copy, not a bytes object and then a copy of it
     copy.pts, copy.dts, copy.time_base = pkt.pts, pkt.dts, pkt.time_base
     copy.is_keyframe = is_key
     return copy
