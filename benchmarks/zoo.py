@@ -264,8 +264,11 @@ def main() -> None:
         trained += 1
         lat = latency_row(arch, head, args.latency_size, args.latency_reps)
         rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
-        if size and size != args.latency_size:  # and at the input it was trained for
-            rows[-1]["net_ms_input"] = latency_row(arch, head, size, args.latency_reps)["net_ms"]
+        trained_at = size or DEFAULT_INPUT
+        if trained_at != args.latency_size:  # and at the input it was trained for
+            rows[-1]["net_ms_input"] = latency_row(arch, head, trained_at, args.latency_reps)[
+                "net_ms"
+            ]
         r = rows[-1]
         print(
             f"{arch:<12} {head:<9} {r['input']:<10} epochs {r['epochs']:>5.2f} "
