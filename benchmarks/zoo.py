@@ -233,13 +233,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.latency_only:
-        where = f"{args.latency_size}, batch 1, {torch.get_num_threads()} threads"
-        print(f"{'arch':<12} {'head':<9} {'params':>7} {'net ms':>8} {'head ms':>8}  ({where})")
+        where = f"batch 1, {torch.get_num_threads()} threads"
+        print(
+            f"{'arch':<12} {'head':<9} {'input':<10} {'params':>7} {'net ms':>8} "
+            f"{'head ms':>8}  ({where})"
+        )
         for pair in args.pairs.split(","):
             arch, head, size = parse_pair(pair)
-            r = latency_row(arch, head, size or args.latency_size, args.latency_reps)
+            size = size or args.latency_size
+            r = latency_row(arch, head, size, args.latency_reps)
             print(
-                f"{r['arch']:<12} {r['head']:<9} {float(r['params_M']):>6.2f}M "
+                f"{r['arch']:<12} {r['head']:<9} {size:<10} {float(r['params_M']):>6.2f}M "
                 f"{float(r['net_ms']):>8.1f} {float(r['head_ms']):>8.2f}",
                 flush=True,
             )
