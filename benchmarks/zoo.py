@@ -259,7 +259,8 @@ def main() -> None:
     rows = [{**prior_row(args), "data": digest}, *done]  # the report's rows, kept as they are
     trained = 0
     for arch, head, size in (parse_pair(pair) for pair in args.pairs.split(",")):
-        if (arch, head, size or DEFAULT_INPUT) in measured:
+        trained_at = size or DEFAULT_INPUT
+        if (arch, head, trained_at) in measured:
             continue
         if args.max_pairs and trained == args.max_pairs:
             print(f"--max-pairs {args.max_pairs}: {arch}:{head} and after left for later")
@@ -268,7 +269,6 @@ def main() -> None:
         trained += 1
         lat = latency_row(arch, head, args.latency_size, args.latency_reps)
         rows[-1].update(net_ms=lat["net_ms"], head_ms=lat["head_ms"])
-        trained_at = size or DEFAULT_INPUT
         if trained_at != args.latency_size:  # and at the input it was trained for
             rows[-1]["net_ms_input"] = latency_row(arch, head, trained_at, args.latency_reps)[
                 "net_ms"

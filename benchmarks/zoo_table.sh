@@ -37,14 +37,15 @@ rows() { if [ -f "$1" ]; then grep -c '"arch"' "$1"; else echo 0; fi; }
 
 before=$(rows "$OUT.json")
 zoo --work "$WORK" --json "$OUT.json" --pairs "$NETS" --max-pairs "$MAX_PAIRS"
+# keep the trunk as soon as its row is in the report, also when this part trains no head
+if [ ! -f "$OUT-trunk.pt" ] && grep -q '"arch": "x2plus1d_s"' "$OUT.json"; then
+  cp "$WORK/x2plus1d_s-bce/best.pt" "$OUT-trunk.pt"
+fi
 left=0  # new rows the heads may still train (0: no limit)
 if [ "$MAX_PAIRS" != 0 ]; then
   left=$((MAX_PAIRS - $(rows "$OUT.json") + before))
   [ "$left" -gt 0 ] || exit 0
 fi
-if [ ! -f "$OUT-trunk.pt" ]; then
-  [ -f "$WORK/x2plus1d_s-bce/best.pt" ] || { echo "no x2plus1d_s:bce run for the heads" >&2; exit 1; }
-  cp "$WORK/x2plus1d_s-bce/best.pt" "$OUT-trunk.pt"
-fi
+[ -f "$OUT-trunk.pt" ] || { echo "no x2plus1d_s:bce row for the heads" >&2; exit 1; }
 zoo --work "$WORK-heads" --json "$OUT-heads.json" --init "$OUT-trunk.pt" --max-pairs "$left" \
   --pairs "$(echo "$HEADS" | sed 's/[a-z_0-9]*/x2plus1d_s:&/g')"
