@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -99,6 +100,23 @@ def test_frames_match_in_process_decoding(lt: Loop, pool: DecodePool, clip_bytes
     ref = sample_frames(clip_bytes, SPEC, LIMITS)
     assert np.array_equal(got.clip.frames, ref.frames)
     assert got.clip.timestamps == ref.timestamps and got.clip.codec == ref.codec
+
+
+def test_inputs_larger_than_a_pipe_arrive_whole(
+    lt: Loop, pool: DecodePool, clip_bytes: bytes
+) -> None:
+    """The input goes to the worker as a raw message after the task's header: a clip padded
+    with a 6 MB `free` box (and a second, different one at the same time) decodes as the clip."""
+    pad = 6 << 20
+    big = clip_bytes + struct.pack(">I4s", 8 + pad, b"free") + bytes(pad)
+    ref = sample_frames(clip_bytes, SPEC, LIMITS)
+
+    async def both() -> list[DecodedResult]:
+        return list(await asyncio.gather(decode(pool, big), decode(pool, big[: len(clip_bytes)])))
+
+    for got in lt.run(both()):
+        assert np.array_equal(got.clip.frames, ref.frames)
+    assert lt.read(lambda: pool.restarts) == 0
 
 
 def test_errors_keep_type_and_message(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from nvdec_fake import FakeNvc
 
-from vidtag.decode import DecodeLimits
+from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
 from vidtag.decode.nvdec_backend import NvdecDecoderPool, sample_nvdec_cuda
 from vidtag.errors import InvalidVideo, LimitExceeded
 from vidtag.runtime.backends import RuntimeOptions
@@ -24,7 +24,7 @@ from vidtag.runtime.tagger import Tagger
 from vidtag.server import gpu_decode
 from vidtag.server.batcher import BatcherConfig
 from vidtag.server.errors import RpcFailure, status_for
-from vidtag.server.gpu_decode import HybridStage, NvdecStage, Route
+from vidtag.server.gpu_decode import EXAMPLES, HybridStage, NvdecStage, Route, example_clips
 from vidtag.server.metrics import Metrics
 from vidtag.server.pipeline import Decoded, ServedModel, thread_decode_stage
 
@@ -206,6 +206,31 @@ def test_warm_up_opens_one_session_per_nvdec_thread(clip_bytes: bytes) -> None:
     stage = NvdecStage(pool, DecodeLimits(), workers=3, max_pending=0)
     stage.warm(clip_bytes)
     assert len(fake.decoders) == pool.created == 3
+    stage.shutdown()
+
+
+def test_example_clips_are_intra_only_at_their_sizes() -> None:
+    clips = example_clips(frames=10)
+    assert len(clips) == len(EXAMPLES)  # this PyAV has both encoders
+    spec = SamplingSpec(frames=8, height=32, width=32)  # the app asks for spec.frames + 2
+    for clip, (width, height, encoder) in zip(clips, EXAMPLES, strict=True):
+        got = sample_frames(clip, spec, DecodeLimits())
+        assert (got.width, got.height) == (width, height)
+        assert got.codec == ("hevc" if encoder == "libx265" else "h264")
+        assert got.keyframes == 10 and got.frames_decoded == 8  # 8 distinct pictures
+
+
+def test_warm_up_decodes_the_examples_in_every_thread(clip_bytes: bytes) -> None:
+    """After the tiny clip, each thread decodes every example with the model's spec: its
+    HEVC session is opened and its H.264 session reconfigured to the examples' sizes now; an
+    example that does not decode is skipped."""
+    fake, pool = _fake_pool()
+    stage = NvdecStage(pool, DecodeLimits(), workers=2, max_pending=0)
+    spec = SamplingSpec(frames=4, height=64, width=32)
+    stage.warm(clip_bytes, (b"not a video", *example_clips(frames=4)), spec)
+    assert sorted(d.codec for d in fake.decoders) == ["H264", "H264", "HEVC", "HEVC"]
+    h264 = sum(1 for w, h, enc in EXAMPLES if enc == "libx264")
+    assert pool.reconfigured == 2 * h264  # per thread: the tiny clip, then each H.264 size
     stage.shutdown()
 
 

@@ -8,6 +8,7 @@ Health goes up before the model loads so that orchestrators see NOT_SERVING, not
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from vidtag.decode.limits import DecodeLimits
+from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import BackendUnavailable, ModelError
+from vidtag.runtime.artifact import load_meta
 from vidtag.runtime.device import cuda_index, nvdec_available
 from vidtag.runtime.repository import (
     default_repository,
@@ -32,7 +35,7 @@ from vidtag.server.auth import TokenAuthInterceptor, read_tokens
 from vidtag.server.batcher import BatcherConfig
 from vidtag.server.config import ServeConfig
 from vidtag.server.decode_pool import DecodePool, DecodePoolConfig
-from vidtag.server.gpu_decode import HybridStage, NvdecStage, Route
+from vidtag.server.gpu_decode import HybridStage, NvdecStage, Route, example_clips
 from vidtag.server.metrics import Metrics
 from vidtag.server.paths import PathInputs
 from vidtag.server.pipeline import (
@@ -235,22 +238,12 @@ class VidtagServer:
         loop = asyncio.get_running_loop()
         if self.decode_pool is not None:
             await self.decode_pool.start()
-        if self.nvdec is not None or self.nvdec_pool is not None:
-            from vidtag.runtime.tagger import _warmup_clip
-
-            try:
-                if self.nvdec_pool is not None:
-                    await self.nvdec_pool.start()  # each worker warms its own NVDEC
-                if self.nvdec is not None:
-                    await loop.run_in_executor(self.executor, self.nvdec.warm, _warmup_clip())
-            except Exception as exc:
-                reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
-                raise DecoderWarmupError(
-                    f"NVDEC warm-up on {self.config.device} failed ({reason[:500]}); "
-                    "--decode-backend pyav decodes on the CPU instead"
-                ) from exc
         cfg = self.config
         model_dir = resolve_model(self._repository(), cfg.model_name, cfg.model_version)
+        if self.nvdec is not None or self.nvdec_pool is not None:
+            # Before the model: a GPU that cannot decode ends the start with that reason.
+            spec = load_meta(model_dir).sampling_spec(**(cfg.sampling_overrides or {}))
+            await self._warm_nvdec(spec)
         model = await loop.run_in_executor(self.executor, self._load_dir, model_dir)
         await model.batcher.start()
         self.models.add(model, default=True)
@@ -260,6 +253,28 @@ class VidtagServer:
         log.info("model %s/%s loaded and warm: SERVING", model.name, model.version)
         if self.config.repository_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch())
+
+    async def _warm_nvdec(self, spec: SamplingSpec) -> None:
+        """Start the NVDEC decoders: each opens its sessions on a tiny clip, then decodes the
+        example clips (`example_clips`) with the default model's `spec`, so that its GPU memory
+        is at its working size before the first request. Raises DecoderWarmupError."""
+        from vidtag.runtime.tagger import _warmup_clip
+
+        loop = asyncio.get_running_loop()
+        try:
+            frames = spec.frames + 2  # the plans of `spec` then decode spec.frames pictures
+            examples = await loop.run_in_executor(self.executor, example_clips, frames)
+            if self.nvdec_pool is not None:
+                await self.nvdec_pool.start(examples, spec)  # each worker warms its own NVDEC
+            if self.nvdec is not None:
+                warm = functools.partial(self.nvdec.warm, _warmup_clip(), examples, spec)
+                await loop.run_in_executor(self.executor, warm)
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+            raise DecoderWarmupError(
+                f"NVDEC warm-up on {self.config.device} failed ({reason[:500]}); "
+                "--decode-backend pyav decodes on the CPU instead"
+            ) from exc
 
     async def scan_repository(self) -> list[tuple[str, str]]:
         """Load every model version in the repository that is neither loaded nor refused in

@@ -7,8 +7,10 @@ breaks the executor and fails every pending future.
 
 Layout: N processes from the 'spawn' context (forking a process that has imported PyAV has hung
 elsewhere), each with two one-way pipes and one task at a time. The asyncio side keeps a bounded
-queue and hands tasks to idle workers. Per worker, a writer thread sends the pickled task (a
-worker that stops reading can never block the event loop) and a reader thread blocks on the
+queue and hands tasks to idle workers. Per worker, a writer thread sends each task as two
+messages, a small pickled header and the input's bytes as they are (pickling a 3.7 MB upload
+cost ~4 ms of the event loop's time per request; a worker that stops reading can never block
+the event loop) and a reader thread blocks on the
 result pipe, unpickles replies off the loop and posts them with `call_soon_threadsafe`; EOF on
 that pipe means the process exited, and the reader reaps it and reports the exit status.
 
@@ -93,7 +95,9 @@ class DecodedResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Worker process side. Replies: ("ready", pid) | ("failed", reason: warm-up, then exit)
+# Worker process side. Tasks: a pickled header (task_id, spec, limits), then the input's bytes
+# as one raw message; a pickled None alone: exit.
+# Replies: ("ready", pid) | ("failed", reason: warm-up, then exit)
 # | ("ok", task_id, clip)
 # | ("err", task_id, pickled exception or None, type name, message, formatted traceback).
 
@@ -105,6 +109,8 @@ def _worker_main(
     warmup: bool,
     backend: str,
     gpu_id: int,
+    examples: tuple[bytes, ...] = (),
+    example_spec: SamplingSpec | None = None,
 ) -> None:
     # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,18 +127,27 @@ def _worker_main(
         except Exception as exc:
             results.send(("failed", " ".join(f"{type(exc).__name__}: {exc}".split())))
             return
+        for clip in examples if example_spec is not None else ():
+            # Best effort: the backend works (above); an example it cannot decode costs nothing.
+            with contextlib.suppress(Exception):
+                sample_frames(clip, example_spec, None, backend)
     results.send(("ready", os.getpid()))
     while True:
         try:
             msg = tasks.recv()
+            data = tasks.recv_bytes() if msg is not None else b""
         except (EOFError, OSError):  # the parent is gone
             return
-        except Exception as exc:  # a task that does not unpickle here
+        except Exception as exc:  # a header that does not unpickle here: skip its input
+            try:
+                tasks.recv_bytes()
+            except (EOFError, OSError):
+                return
             results.send(("err", None, *_pack_error(exc)))
             continue
         if msg is None:
             return
-        task_id, data, spec, limits = msg
+        task_id, spec, limits = msg
         try:
             if marker is not None and data.startswith(marker):
                 data = _test_hook(data[len(marker) :])
@@ -222,7 +237,8 @@ def _warm_up(backend: str) -> None:
 @dataclass(eq=False)
 class _Task:
     id: int
-    payload: bytes  # the pickled task message
+    header: bytes  # pickled (id, spec, limits)
+    data: bytes  # the input, sent as it is after the header
     future: asyncio.Future[DecodedResult]
     deadline: float | None  # time.monotonic()
     deadline_timer: asyncio.TimerHandle | None = None
@@ -259,9 +275,10 @@ class _Worker:
         return self.serving and self.task is None
 
 
-def _send(conn: Connection, payload: bytes) -> None:
+def _send(conn: Connection, *messages: bytes) -> None:
     with contextlib.suppress(OSError, ValueError):  # worker gone: its reader reports the exit
-        conn.send_bytes(payload)
+        for payload in messages:
+            conn.send_bytes(payload)  # no copy: written to the pipe from the buffer
 
 
 def _describe_exit(code: int | None) -> str:
@@ -295,6 +312,8 @@ class DecodePool:
         self._starting = False  # start() waits for the first workers: it reports, no retries
         self._restarts = 0
         self._recycled = 0
+        self._examples: tuple[bytes, ...] = ()
+        self._example_spec: SamplingSpec | None = None
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -331,10 +350,17 @@ class DecodePool:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Spawn the workers and wait until each has imported the decoder (and warmed up)."""
+    async def start(
+        self, examples: tuple[bytes, ...] = (), example_spec: SamplingSpec | None = None
+    ) -> None:
+        """Spawn the workers and wait until each has imported the decoder (and warmed up).
+
+        With `examples` and `example_spec` (and `warmup` on), each worker, replacements too,
+        then decodes every example clip once with that spec before it takes work: with NVDEC
+        its sessions and GPU buffers reach the sizes that traffic would grow them to."""
         if self._loop is not None:
             raise RuntimeError("a DecodePool can be started once")
+        self._examples, self._example_spec = examples, example_spec
         self._loop = asyncio.get_running_loop()
         marker = os.environ.get(TEST_CRASH_MARKER_ENV)
         self._marker = marker.encode() if marker else None
@@ -407,10 +433,8 @@ class DecodePool:
                 f"{len(self._queue)} requests are waiting; try again later",
             )
         self._next_id += 1
-        message = (self._next_id, data, spec, limits)
-        task = _Task(
-            self._next_id, pickle.dumps(message, _PROTOCOL), loop.create_future(), deadline
-        )
+        header = pickle.dumps((self._next_id, spec, limits), _PROTOCOL)
+        task = _Task(self._next_id, header, data, loop.create_future(), deadline)
         if deadline is not None:
             task.deadline_timer = loop.call_later(
                 max(deadline - time.monotonic(), 0.0), self._on_deadline, task
@@ -441,8 +465,8 @@ class DecodePool:
             worker.timer = self._loop.call_later(
                 self.config.task_timeout_s, self._on_timeout, worker, task
             )
-            worker.writer.submit(_send, worker.tasks, task.payload)
-            task.payload = b""
+            worker.writer.submit(_send, worker.tasks, task.header, task.data)
+            task.header = task.data = b""
 
     def _on_deadline(self, task: _Task) -> None:
         if task.future.done():
@@ -580,6 +604,8 @@ class DecodePool:
                 self.config.warmup,
                 self.config.backend,
                 self.config.gpu_id,
+                self._examples,
+                self._example_spec,
             ),
             name="vidtag-decode",
             daemon=True,
