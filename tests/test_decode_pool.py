@@ -4,11 +4,13 @@ a crashed, killed or hung worker fails only its own request and is replaced."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import struct
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -20,12 +22,14 @@ from vidtag.errors import InvalidVideo, LimitExceeded
 from vidtag.runtime.device import nvdec_available
 from vidtag.server.background import LoopThread
 from vidtag.server.decode_pool import (
+    PIPE_BUFFER,
     TEST_CRASH_MARKER_ENV,
     DecodedResult,
     DecodePool,
     DecodePoolConfig,
     _pack_error,
     _unpack_error,
+    _widen,
 )
 from vidtag.server.errors import RpcFailure
 
@@ -117,6 +121,23 @@ def test_inputs_larger_than_a_pipe_arrive_whole(
     for got in lt.run(both()):
         assert np.array_equal(got.clip.frames, ref.frames)
     assert lt.read(lambda: pool.restarts) == 0
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes only")
+def test_worker_pipes_are_widened() -> None:
+    """A pipe gets the pool's buffer (or the system's cap, if lower) instead of 64 KiB."""
+    import multiprocessing
+
+    r, w = multiprocessing.get_context("spawn").Pipe(duplex=False)
+    try:
+        before = fcntl.fcntl(w.fileno(), fcntl.F_GETPIPE_SZ)
+        _widen(w)
+        cap = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        after = fcntl.fcntl(r.fileno(), fcntl.F_GETPIPE_SZ)  # one pipe: either end says so
+        assert after == max(before, min(PIPE_BUFFER, cap)) and after > 65536
+    finally:
+        r.close()
+        w.close()
 
 
 def test_errors_keep_type_and_message(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
