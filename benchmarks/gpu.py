@@ -440,13 +440,14 @@ def _client_part(
     start_at: float,
     timeout: float,
     input: InputMode = "bytes",
+    connections: int = 1,
 ) -> tuple[Step, float]:
     """One client process's share of a closed-loop step: (step, its CPU seconds)."""
     clips = read_clips([Path(p) for p in paths])
     time.sleep(max(0.0, start_at - time.time()))
     cpu0 = time.process_time()
     plan = Plan(concurrencies=(concurrency,), requests=requests, duration_s=seconds)
-    options = CallOptions(timeout=timeout, input=input)
+    options = CallOptions(timeout=timeout, input=input, connections=connections)
     (step,) = asyncio.run(run_plan(target, clips, plan, options))
     return step, time.process_time() - cpu0
 
@@ -463,8 +464,8 @@ def _warm_client(_: int) -> int:
 class Load:
     """Closed-loop steps through `vidtag bench`'s `run_plan`, split over client processes."""
 
-    def __init__(self, procs: int, timeout: float) -> None:
-        self.procs, self.timeout = procs, timeout
+    def __init__(self, procs: int, timeout: float, connections: int = 1) -> None:
+        self.procs, self.timeout, self.connections = procs, timeout, connections
         self.pool: cf.ProcessPoolExecutor | None = None
         if procs > 1:
             ctx = multiprocessing.get_context("spawn")  # no fork after grpc/PyAV are loaded
@@ -494,7 +495,7 @@ class Load:
         if warmup:
             plan = Plan(concurrencies=(concurrency,), requests=warmup)
             clips = read_clips(paths)
-            options = CallOptions(timeout=self.timeout, input=input)
+            options = CallOptions(timeout=self.timeout, input=input, connections=self.connections)
             asyncio.run(run_plan(target, clips, plan, options))
         n = max(1, min(self.procs, concurrency))
         conc = [concurrency // n + (i < concurrency % n) for i in range(n)]
@@ -506,14 +507,31 @@ class Load:
         with GpuSampler() as gpu:
             if n == 1 or self.pool is None:
                 one = _client_part(
-                    target, strs, concurrency, seconds, requests, 0.0, self.timeout, input
+                    target,
+                    strs,
+                    concurrency,
+                    seconds,
+                    requests,
+                    0.0,
+                    self.timeout,
+                    input,
+                    self.connections,
                 )
                 parts = [one]
             else:
                 start_at = time.time() + 0.3
                 futures = [
                     self.pool.submit(
-                        _client_part, target, strs, c, seconds, r, start_at, self.timeout, input
+                        _client_part,
+                        target,
+                        strs,
+                        c,
+                        seconds,
+                        r,
+                        start_at,
+                        self.timeout,
+                        input,
+                        self.connections,
                     )
                     for c, r in zip(conc, reqs, strict=True)
                 ]
@@ -1008,6 +1026,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-concurrency", type=int, default=None, help="(64; dry 4)")
     p.add_argument("--client-procs", type=int, default=None, help="client processes (4; dry 1)")
     p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="connections per client process, used in turn (for --serve-arg=--server-processes)",
+    )
+    p.add_argument(
         "--cpu-workers",
         type=int,
         default=None,
@@ -1197,7 +1221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "configs": [],
         "skipped": skipped,
     }
-    load = Load(args.client_procs, args.timeout)
+    load = Load(args.client_procs, args.timeout, args.connections)
     startup_est = 10.0 if dry else 30.0
     try:
         for cfg in configs:

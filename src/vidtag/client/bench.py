@@ -288,6 +288,9 @@ class CallOptions:
     model_name: str = ""
     model_version: str = ""
     input: InputMode = "bytes"  # "path": send each clip's file path, not its bytes
+    # Separate connections, used in turn: a server of several processes sharing a port
+    # (--server-processes) gets connections, not requests, spread over its processes.
+    connections: int = 1
 
 
 def check_input(clips: Sequence[Clip], input: str) -> None:
@@ -306,8 +309,9 @@ def check_input(clips: Sequence[Clip], input: str) -> None:
 
 
 class _Runner:
-    """A grpc.aio channel and stub; one `TagVideo` call per `call`. Each request carries the
-    clip's bytes or (`options.input == "path"`) its absolute file path."""
+    """grpc.aio channels (`options.connections`, each its own connection) and their stubs,
+    used in turn; one `TagVideo` call per `call`. Each request carries the clip's bytes or
+    (`options.input == "path"`) its absolute file path."""
 
     def __init__(self, target: str, clips: Sequence[Clip], options: CallOptions) -> None:
         import grpc
@@ -317,14 +321,21 @@ class _Runner:
 
         check_input(clips, options.input)
         self._grpc = grpc
-        self.channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self.stub = pb_grpc.VideoTaggerStub(self.channel)
+        if options.connections < 1:
+            raise ValueError(f"connections must be >= 1, not {options.connections}")
+        channel_options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if options.connections > 1:  # channels to one target otherwise share a connection
+            channel_options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channels = [
+            grpc.aio.insecure_channel(target, options=channel_options)
+            for _ in range(options.connections)
+        ]
+        self.channel = self.channels[0]
+        self.stubs = [pb_grpc.VideoTaggerStub(ch) for ch in self.channels]
+        self._calls = 0
         self.requests = []
         for c in clips:
             request = pb.TagVideoRequest(
@@ -339,8 +350,10 @@ class _Runner:
 
     async def call(self, clip: int) -> tuple[str, dict[str, float], tuple[str, ...]]:
         """(status name, server timings, tag names) of one request for clip `clip`."""
+        stub = self.stubs[self._calls % len(self.stubs)]
+        self._calls += 1
         try:
-            response = await self.stub.TagVideo(
+            response = await stub.TagVideo(
                 self.requests[clip % len(self.requests)], timeout=self.options.timeout
             )
         except self._grpc.RpcError as exc:
@@ -367,7 +380,8 @@ class _Runner:
             await asyncio.sleep(0.5)
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 def _bar(total: int | None, desc: str, progress: bool) -> Any:
@@ -751,6 +765,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="per-request deadline in seconds (default: %(default)g)",
     )
+    load.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        metavar="N",
+        help="separate connections, used in turn (a server with --server-processes spreads "
+        "connections over its processes; default: %(default)s)",
+    )
     load.add_argument("--model-name", default="", metavar="NAME", help="model to ask for")
     load.add_argument("--model-version", default="", metavar="VERSION", help="its version")
     load.add_argument(
@@ -864,7 +886,9 @@ def run_bench(
         flush=True,
     )
 
-    options = CallOptions(args.timeout, args.model_name, args.model_version, args.input)
+    options = CallOptions(
+        args.timeout, args.model_name, args.model_version, args.input, args.connections
+    )
     summaries: list[dict[str, Any]] = []
 
     def on_step(step: Step) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -384,8 +385,9 @@ class VidtagServer:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def serve(self) -> None:
-        """Start, load, serve until SIGTERM or SIGINT, then stop gracefully."""
+    async def serve(self, on_listening: Callable[[int, int | None], None] | None = None) -> None:
+        """Start, load, serve until SIGTERM or SIGINT, then stop gracefully. `on_listening`
+        gets the bound port and metrics port once the server listens (NOT_SERVING yet)."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
 
@@ -399,7 +401,9 @@ class VidtagServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            await self.start()
+            port = await self.start()
+            if on_listening is not None:
+                on_listening(port, self.metrics_port)
             loader = asyncio.create_task(self.load_models())
             waiter = asyncio.create_task(stop_requested.wait())
             done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -415,6 +419,8 @@ class VidtagServer:
             await self.stop(0)
 
 
-def serve(config: ServeConfig) -> None:
+def serve(
+    config: ServeConfig, on_listening: Callable[[int, int | None], None] | None = None
+) -> None:
     """Run a server in a fresh event loop until it is signalled to stop (blocking)."""
-    asyncio.run(VidtagServer(config).serve())
+    asyncio.run(VidtagServer(config).serve(on_listening))

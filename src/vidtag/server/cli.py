@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "each with its own sessions (default: half the cores, at most 16)",
     )
     parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=_D.server_processes,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT; connections are spread over "
+        "them), each with its model and its share of --workers and --nvdec-workers; metrics "
+        "merged with a server label (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=_D.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -327,6 +336,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "cuda_graphs": ("cuda_graphs", None),
     "decode_backend": ("decode_backend", None),
     "nvdec_workers": ("nvdec_workers", None),
+    "server_processes": ("server_processes", None),
 }
 
 
@@ -370,7 +380,7 @@ def run_serve(args: argparse.Namespace) -> int:
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    from vidtag.errors import BackendUnavailable, ModelError
+    from vidtag.errors import BackendUnavailable
     from vidtag.runtime.device import require_device
 
     try:
@@ -378,10 +388,22 @@ def run_serve(args: argparse.Namespace) -> int:
     except BackendUnavailable as exc:
         logging.getLogger(__name__).error("cannot serve on --device %s: %s", config.device, exc)
         return 2
+    if config.server_processes > 1:
+        from vidtag.server.multi import supervise
+
+        return supervise(config)
+    return serve_exit_code(config)
+
+
+def serve_exit_code(
+    config: ServeConfig, on_listening: Callable[[int, int | None], None] | None = None
+) -> int:
+    """Serve `config` until signalled; the exit status, with a failure's reason logged."""
+    from vidtag.errors import BackendUnavailable, ModelError
     from vidtag.server.app import DecoderWarmupError, serve
 
     try:
-        serve(config)
+        serve(config, on_listening)
     except DecoderWarmupError as exc:  # like a missing device: this configuration cannot serve
         logging.getLogger(__name__).error("cannot serve: %s", exc)
         return 2

@@ -103,6 +103,9 @@ class ServeConfig:
     # CUDA context, ~0.5 GB of GPU memory) or, without decode_processes, threads of the server
     # (which stop scaling at ~4: Python holds them). None = half the cores, at most 16.
     nvdec_workers: int | None = None
+    # Server processes sharing the port (SO_REUSEPORT), each with its own event loop, model
+    # and share of the decoders: one process tops out at a few hundred requests/s.
+    server_processes: int = 1
 
     @property
     def resolved_runtime(self) -> str:
@@ -154,6 +157,7 @@ class ServeConfig:
             "max_batch_size",
             "max_queue_size",
             "decode_queue_size",
+            "server_processes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
