@@ -17,7 +17,7 @@ import pytest
 
 from vidtag.client.bench import CallOptions, Clip, Plan, run_plan
 from vidtag.server.config import ServeConfig
-from vidtag.server.multi import server_config
+from vidtag.server.multi import reserve_port, server_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -33,6 +33,26 @@ def test_each_server_gets_its_share() -> None:
     )
     with pytest.raises(ValueError, match="server_processes"):
         ServeConfig(server_processes=0)
+
+
+def test_a_held_port_takes_no_connection_until_a_server_listens_on_it() -> None:
+    import socket
+
+    held = reserve_port("127.0.0.1")
+    assert held is not None
+    port = held.getsockname()[1]
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as gRPC binds
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        server.close()
+    finally:
+        held.close()
+    assert reserve_port("[::zz]") is None  # no such address: no port held
 
 
 def _start(model_repo: Path, *extra: str) -> subprocess.Popen[str]:
@@ -73,13 +93,13 @@ def _read_until(
 def test_two_servers_share_the_port_and_stop_together(model_repo: Path, clip_bytes: bytes) -> None:
     proc = _start(model_repo, "--server-processes", "2", "--metrics-port", "0", "--model", "tiny")
     try:
-        metrics, port, _, _ = _read_until(
+        metrics, port, port1 = _read_until(
             proc,
             r"merged metrics on http://[^:]+:(\d+)/",
-            r"server 0 listening on \S+:(\d+);",
-            r"\[server 0\] .*: SERVING$",
-            r"\[server 1\] .*: SERVING$",
+            r"server 0 listening on \S+:(\d+)$",  # each binds once its model is warm
+            r"server 1 listening on \S+:(\d+)$",
         )
+        assert port.group(1) == port1.group(1)
         # The load generator with 12 connections: the kernel spreads them over the two.
         target = f"127.0.0.1:{port.group(1)}"
         plan = Plan(concurrencies=(4,), requests=24)

@@ -188,13 +188,15 @@ class VidtagServer:
         self._stopped = asyncio.Event()
         self._refused: dict[tuple[str, str], float] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._ready = False  # models loaded: health SERVING
 
     async def start(self) -> int:
         """Bind and start serving with health NOT_SERVING; return the bound port."""
         cfg = self.config
-        # The stock health servicer starts the overall service "" as SERVING: correct that first.
+        # The stock health servicer starts the overall service "" as SERVING: correct that first
+        # (a server binding after its models loaded stays SERVING).
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, _NOT_SERVING)
+            await self.health.set(service, _SERVING if self._ready else _NOT_SERVING)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_receive_bytes),
@@ -249,6 +251,7 @@ class VidtagServer:
         await model.batcher.start()
         self.models.add(model, default=True)
         await self.scan_repository()
+        self._ready = True
         for service in ("", SERVICE_NAME):
             await self.health.set(service, _SERVING)
         log.info("model %s/%s loaded and warm: SERVING", model.name, model.version)
@@ -385,9 +388,15 @@ class VidtagServer:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def serve(self, on_listening: Callable[[int, int | None], None] | None = None) -> None:
+    async def serve(
+        self,
+        on_listening: Callable[[int, int | None], None] | None = None,
+        bind_when_ready: bool = False,
+    ) -> None:
         """Start, load, serve until SIGTERM or SIGINT, then stop gracefully. `on_listening`
-        gets the bound port and metrics port once the server listens (NOT_SERVING yet)."""
+        gets the bound port and metrics port once the server listens: NOT_SERVING while the
+        models load, or (`bind_when_ready`, for servers sharing a port) only once they have
+        loaded, so that no connection reaches a server that cannot answer yet."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
 
@@ -401,14 +410,19 @@ class VidtagServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            port = await self.start()
-            if on_listening is not None:
-                on_listening(port, self.metrics_port)
+            if not bind_when_ready:
+                port = await self.start()
+                if on_listening is not None:
+                    on_listening(port, self.metrics_port)
             loader = asyncio.create_task(self.load_models())
             waiter = asyncio.create_task(stop_requested.wait())
             done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if loader in done:
                 loader.result()  # a model that fails to load ends the process with its error
+                if bind_when_ready:
+                    port = await self.start()
+                    if on_listening is not None:
+                        on_listening(port, self.metrics_port)
                 await waiter
             else:
                 loader.cancel()
@@ -420,7 +434,9 @@ class VidtagServer:
 
 
 def serve(
-    config: ServeConfig, on_listening: Callable[[int, int | None], None] | None = None
+    config: ServeConfig,
+    on_listening: Callable[[int, int | None], None] | None = None,
+    bind_when_ready: bool = False,
 ) -> None:
     """Run a server in a fresh event loop until it is signalled to stop (blocking)."""
-    asyncio.run(VidtagServer(config).serve(on_listening))
+    asyncio.run(VidtagServer(config).serve(on_listening, bind_when_ready))

@@ -396,14 +396,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def serve_exit_code(
-    config: ServeConfig, on_listening: Callable[[int, int | None], None] | None = None
+    config: ServeConfig,
+    on_listening: Callable[[int, int | None], None] | None = None,
+    bind_when_ready: bool = False,
 ) -> int:
     """Serve `config` until signalled; the exit status, with a failure's reason logged."""
     from vidtag.errors import BackendUnavailable, ModelError
     from vidtag.server.app import DecoderWarmupError, serve
 
     try:
-        serve(config, on_listening)
+        serve(config, on_listening, bind_when_ready)
     except DecoderWarmupError as exc:  # like a missing device: this configuration cannot serve
         logging.getLogger(__name__).error("cannot serve: %s", exc)
         return 2

@@ -6,7 +6,10 @@ H100, 16 NVDEC decoders: ~260 clips/s by path, the decoders idle half the time).
 supervisor here starts N servers, each a spawned process with its own event loop, model,
 batcher and decoders (`workers` and `nvdec_workers` split between them), bound to the same
 port with SO_REUSEPORT: the kernel spreads connections, not requests, over them, so clients
-that open several channels (a load balancer, `vidtag bench`'s client processes) use them all.
+that open several channels (a load balancer, `vidtag bench --connections N`) use them all. Each
+server binds only once its models are loaded and warm, so no connection reaches one that
+cannot answer yet (port 0: the supervisor holds a free port, bound but not listening, until
+they do).
 
 The servers' metrics are merged on the supervisor's metrics port, every sample labelled
 `server="<i>"` (each server listens for them on a loopback port of its own). SIGTERM or SIGINT
@@ -23,6 +26,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -73,7 +77,7 @@ def _server_main(config: ServeConfig, index: int, conn: Connection, parent: int)
     def listening(port: int, metrics_port: int | None) -> None:
         conn.send((port, metrics_port))
 
-    raise SystemExit(serve_exit_code(config, on_listening=listening))
+    raise SystemExit(serve_exit_code(config, on_listening=listening, bind_when_ready=True))
 
 
 class MergedMetrics:
@@ -112,8 +116,9 @@ class Supervisor:
         self._deadline = 0.0
         self._http: Any = None
 
-    def _start(self, index: int, port: int) -> int:
-        """Start server `index` on `port`; its bound port once it listens (0: it exited)."""
+    def _spawn(self, index: int, port: int) -> Connection:
+        """Start server `index` on `port`; the pipe it reports (port, metrics port) on once it
+        listens, which it does only when its models are loaded."""
         parent_end, child_end = self.ctx.Pipe(duplex=False)
         cfg = server_config(self.config, index, port)
         p = self.ctx.Process(
@@ -124,15 +129,20 @@ class Supervisor:
         p.start()
         child_end.close()
         self.processes.append(p)
-        ready = wait([parent_end, p.sentinel])
-        if parent_end not in ready:
+        return parent_end
+
+    def _listening(self, index: int, conn: Connection) -> int:
+        """Wait for server `index` to listen; its bound port (0: it exited first)."""
+        p = self.processes[index]
+        if conn not in wait([conn, p.sentinel]):
             return 0
         try:
-            bound, metrics_port = parent_end.recv()
+            bound, metrics_port = conn.recv()
         except EOFError:
             return 0
         if metrics_port is not None:
             self.metrics.urls[index] = f"http://127.0.0.1:{metrics_port}/metrics"
+        log.info("server %d listening on %s:%d", index, self.config.host, bound)
         return int(bound)
 
     def _signal(self, signum: int, frame: Any) -> None:
@@ -165,13 +175,20 @@ class Supervisor:
             self._http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host, registry)
             log.info("merged metrics on http://%s:%d/metrics", cfg.metrics_host,
                      self._http.server_port)  # fmt: skip
-        port = self._start(0, cfg.port)  # port 0: the first server picks, the others join it
-        if port:
-            log.info("server 0 listening on %s:%d; starting %d more on it", cfg.host, port,
-                     cfg.server_processes - 1)  # fmt: skip
-            for index in range(1, cfg.server_processes):
-                if self._stopping or not self._start(index, port):
+        # Port 0: a free port is held (bound, not listening) until the servers listen on it.
+        held = reserve_port(cfg.host) if cfg.port == 0 else None
+        if cfg.port == 0 and held is None:
+            log.error("--server-processes: no free port on --host %s to share", cfg.host)
+            return 2
+        port = held.getsockname()[1] if held is not None else cfg.port
+        try:
+            pipes = [self._spawn(i, port) for i in range(cfg.server_processes)]
+            for index, conn in enumerate(pipes):
+                if self._stopping or not self._listening(index, conn):
                     break
+        finally:
+            if held is not None:
+                held.close()
         status = self._wait()
         if self._http is not None:
             self._http.shutdown()
@@ -203,6 +220,26 @@ class Supervisor:
                 elif code and not status:
                     status = code if code > 0 else 1
         return status
+
+
+def reserve_port(host: str) -> socket.socket | None:
+    """A free TCP port on `host`, bound with SO_REUSEPORT (as gRPC binds) and not listening,
+    so no connection reaches it; None where it cannot be bound."""
+    addr = host.strip("[]")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        if family == socket.AF_INET6:  # dual stack, as gRPC binds [::]
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((addr, 0))
+    except (OSError, AttributeError):
+        sock.close()
+        return None
+    return sock
 
 
 def supervise(config: ServeConfig) -> int:
