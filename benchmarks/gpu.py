@@ -562,10 +562,16 @@ class Config:
     decoder: str
     runtime: str  # "auto": no --runtime flag
     memory: bool = False  # this configuration runs the memory phase
+    servers: int = 1  # vidtag serve --server-processes
 
     @property
     def label(self) -> str:
-        return f"{self.model.label} / {self.decoder} / {self.runtime}"
+        return f"{self.model.label} / {decoder_name(self.decoder, self.servers)} / {self.runtime}"
+
+
+def decoder_name(decoder: str, servers: int = 1) -> str:
+    """The decoder column: `nvdec`, or `nvdec x4` for four server processes."""
+    return decoder if servers == 1 else f"{decoder} x{servers}"
 
 
 def clip_folder(args: argparse.Namespace) -> Path:
@@ -604,6 +610,8 @@ def serve_args(cfg: Config, args: argparse.Namespace, help_text: str) -> list[st
         a += ["--nvdec-workers", str(args.nvdec_workers)]  # NVDEC decoders (processes)
     if path_input(help_text):
         a += ["--allow-path-root", str(clip_folder(args))]  # the latency phase's path row
+    if cfg.servers > 1:
+        a += ["--server-processes", str(cfg.servers)]
     return a + list(args.serve_arg)
 
 
@@ -700,6 +708,7 @@ def run_config(
 ) -> dict[str, Any]:
     """A fresh server for `cfg`, then its phases; the configuration's JSON record."""
     extra = serve_args(cfg, args, help_text)
+    load.connections = max(args.connections, cfg.servers)  # one or more per server process
     metrics_port = _free_port()
     extra += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
     logs = args.cache / "logs" / re.sub(r"[^\w.-]+", "_", cfg.label)
@@ -708,6 +717,7 @@ def run_config(
         "model_key": cfg.model.key,
         "model_input": cfg.model.input,
         "decoder": cfg.decoder,
+        "servers": cfg.servers,
         "runtime": cfg.runtime,
         "serve_args": extra,
         "server_log": str(logs / "server.log"),
@@ -800,6 +810,10 @@ def _print_step(c: int, s: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- report
 
 
+def _dec(c: dict[str, Any]) -> str:
+    return decoder_name(c["decoder"], c.get("servers", 1))
+
+
 def evaluate_bars(
     configs: Sequence[dict[str, Any]], dry: bool, clip: str = "30 s 540x960 H.264, GOP 4 s"
 ) -> list[dict[str, Any]]:
@@ -830,7 +844,7 @@ def evaluate_bars(
                 "input": inp,
                 "passed": best is not None and best[0] <= P50_BAR_MS,
                 "value": best[0] if best else None,
-                "where": f"{best[1]['model']} / {best[1]['decoder']} / {best[1]['runtime']}"
+                "where": f"{best[1]['model']} / {_dec(best[1])} / {best[1]['runtime']}"
                 if best
                 else "not measured",
             }
@@ -867,7 +881,7 @@ def evaluate_bars(
             and pick[0]["throughput_clips_s"] >= THROUGHPUT_BAR,
             "value": pick[0]["throughput_clips_s"] if pick else None,
             "p99_ms": pick[0]["latency_ms"]["p99"] if pick else None,
-            "where": f"{pick[1]['decoder']} / {pick[1]['runtime']}, c={pick[2]}"
+            "where": f"{_dec(pick[1])} / {pick[1]['runtime']}, c={pick[2]}"
             if pick
             else "not measured",
             # Not the bar (uploads are): the best path-input step within the p99, if any ran.
@@ -885,8 +899,7 @@ def evaluate_bars(
     if mems and not judged:
         notes.append("no GPU memory reading")
     notes += [
-        f"{c['model']} / {c['decoder']}: {c['memory']['clips']} of "
-        f"{c['memory']['target_clips']} clips"
+        f"{c['model']} / {_dec(c)}: {c['memory']['clips']} of {c['memory']['target_clips']} clips"
         for c in judged
         if c not in complete
     ]
@@ -899,7 +912,7 @@ def evaluate_bars(
             and len(growths) == len(judged)
             and all(abs(g) <= MEMORY_BAR for g in growths),
             "value": worst["memory"]["growth"] if worst else None,
-            "where": f"{worst['model']} / {worst['decoder']} ({worst['memory']['measure']})"
+            "where": f"{worst['model']} / {_dec(worst)} ({worst['memory']['measure']})"
             if worst
             else "not measured",
             "notes": notes,
@@ -910,14 +923,14 @@ def evaluate_bars(
 
 def table(configs: Sequence[dict[str, Any]]) -> str:
     head = (
-        f"{'model':<24} {'decoder':<7} {'runtime':<7} {'input':<5} {'c':>4} {'reqs':>6} {'err':>4} "
+        f"{'model':<24} {'decoder':<9} {'runtime':<7} {'input':<5} {'c':>4} {'reqs':>6} {'err':>4} "
         f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
         f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'cliCPU':>6} "
         f"{'GPU%':>5} {'NVDEC%':>6}"
     )
     rows = [head, "-" * len(head)]
     for c in configs:
-        pre = f"{c['model']:<24} {c['decoder']:<7} {c['runtime']:<7}"
+        pre = f"{c['model']:<24} {_dec(c):<9} {c['runtime']:<7}"
         if c["status"] != "ok":
             rows.append(f"{pre} {c['status']}: {c.get('reason', '')}")
             continue
@@ -943,7 +956,7 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
 def memory_table(configs: Sequence[dict[str, Any]]) -> str:
     first = next((c["memory"]["first_clips"] for c in configs if "memory" in c), 0)
     head = (
-        f"{'model':<24} {'decoder':<7} {'measure':<18} {'clips':>6} {'before':>9} "
+        f"{'model':<24} {'decoder':<9} {'measure':<18} {'clips':>6} {'before':>9} "
         f"{f'after {first}':>9} {'at end':>9} {'growth':>8} {'errors':>6} server gpu metrics"
     )
     rows = [head, "-" * len(head)]
@@ -957,7 +970,7 @@ def memory_table(configs: Sequence[dict[str, Any]]) -> str:
 
         extra = m["samples"][-1]["server_metrics"]
         rows.append(
-            f"{c['model']:<24} {c['decoder']:<7} {m['measure']:<18} {m['clips']:>6} "
+            f"{c['model']:<24} {_dec(c):<9} {m['measure']:<18} {m['clips']:>6} "
             f"{mib(m['before']):>9} {mib(m['after_first']):>9} {mib(m['after_last']):>9} "
             f"{'-' if m['growth'] is None else format(m['growth'], '+.2%'):>8} "
             f"{m['errors']:>6} "
@@ -1026,10 +1039,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-concurrency", type=int, default=None, help="(64; dry 4)")
     p.add_argument("--client-procs", type=int, default=None, help="client processes (4; dry 1)")
     p.add_argument(
+        "--server-processes",
+        type=_ints,
+        default=[1],
+        metavar="N,...",
+        help="vidtag serve --server-processes, one configuration each (1; e.g. 1,4)",
+    )
+    p.add_argument(
         "--connections",
         type=int,
         default=1,
-        help="connections per client process, used in turn (for --serve-arg=--server-processes)",
+        help="connections per client process, used in turn (at least the configuration's "
+        "server processes)",
     )
     p.add_argument(
         "--cpu-workers",
@@ -1070,6 +1091,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     pick("cpu_workers", max(1, cores - args.client_procs), max(1, min(2, cores)))
     args.reserve_s = 5.0 if dry else 10.0  # left for shutting the server down and reporting
     known = {"default", R2P1D, *DECODERS, *RUNTIMES, *PHASES}
+    if not args.server_processes or min(args.server_processes) < 1 or args.connections < 1:
+        p.error("--server-processes and --connections take numbers >= 1")
     bad = [i for i in args.throughput_inputs if i not in LATENCY_STEPS]
     if bad or not args.throughput_inputs:
         p.error(f"--throughput-inputs takes {', '.join(LATENCY_STEPS)}, not {bad or 'nothing'}")
@@ -1185,7 +1208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         }
                     )
                     continue
-                configs.append(Config(m, dec, rt))
+                configs += [Config(m, dec, rt, servers=n) for n in args.server_processes]
     for m in models:  # memory: the first configuration that runs per model
         first = next((c for c in configs if c.model is m), None)
         if first is not None:
