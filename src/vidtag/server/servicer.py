@@ -48,9 +48,11 @@ class ModelSet:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], ServedModel] = {}
         self._default_name: str | None = None
+        self._latest: dict[str, ServedModel | None] = {}  # by name; every request asks
 
     def add(self, model: ServedModel, *, default: bool = False) -> None:
         self._by_key[(model.name, model.version)] = model
+        self._latest.clear()
         if default or self._default_name is None:
             self._default_name = model.name
 
@@ -65,8 +67,10 @@ class ModelSet:
         return [self._by_key[k] for k in self.loaded()]
 
     def latest(self, name: str) -> ServedModel | None:
-        versions = [k for k in self.loaded() if k[0] == name]
-        return self._by_key[versions[-1]] if versions else None
+        if name not in self._latest:
+            versions = [k for k in self.loaded() if k[0] == name]
+            self._latest[name] = self._by_key[versions[-1]] if versions else None
+        return self._latest[name]
 
     def get(self, name: str = "", version: str = "") -> ServedModel:
         if self._default_name is None:
