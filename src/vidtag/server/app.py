@@ -231,7 +231,8 @@ class VidtagServer:
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
-        log.info("listening on %s:%d (NOT_SERVING until the model is warm)", cfg.host, port)
+        state = "SERVING" if self._ready else "NOT_SERVING until the model is warm"
+        log.info("listening on %s:%d (%s)", cfg.host, port, state)
         return port
 
     async def load_models(self) -> None:
