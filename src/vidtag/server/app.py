@@ -191,7 +191,8 @@ class VidtagServer:
         self._ready = False  # models loaded: health SERVING
 
     async def start(self) -> int:
-        """Bind and start serving with health NOT_SERVING; return the bound port."""
+        """Bind and start serving, health NOT_SERVING (SERVING if the models already loaded:
+        `serve(bind_when_ready=True)`); return the bound port."""
         cfg = self.config
         # The stock health servicer starts the overall service "" as SERVING: correct that first
         # (a server binding after its models loaded stays SERVING).

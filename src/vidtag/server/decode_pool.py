@@ -7,12 +7,12 @@ breaks the executor and fails every pending future.
 
 Layout: N processes from the 'spawn' context (forking a process that has imported PyAV has hung
 elsewhere), each with two one-way pipes and one task at a time. The asyncio side keeps a bounded
-queue and hands tasks to idle workers. Per worker, a writer thread sends each task as two
-messages, a small pickled header and the input's bytes as they are (pickling a 3.7 MB upload
-cost ~4 ms of the event loop's time per request; a worker that stops reading can never block
-the event loop) and a reader thread blocks on the
-result pipe, unpickles replies off the loop and posts them with `call_soon_threadsafe`; EOF on
-that pipe means the process exited, and the reader reaps it and reports the exit status.
+queue and hands tasks to idle workers. Per worker, a writer thread sends each task (so a
+worker that stops reading can never block the event loop) as two messages: a small pickled
+header, then the input's bytes as they are (pickling a 3.7 MB upload cost ~4 ms of the event
+loop per request). A reader thread blocks on the result pipe, unpickles replies off the loop
+and posts them with `call_soon_threadsafe`; EOF on that pipe means the process exited, and the
+reader reaps it and reports the exit status.
 
 Status codes (as `RpcFailure`): pool full -> RESOURCE_EXHAUSTED; the request's own deadline passed
 (while queued or while decoding) -> DEADLINE_EXCEEDED; worker crashed or exceeded
