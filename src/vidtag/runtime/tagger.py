@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits, sample_frames
+from vidtag.decode.warmup import encode_in_memory
 from vidtag.results import TagResult, TagScore, VideoInfo
 from vidtag.runtime.artifact import load_meta
 from vidtag.runtime.backends import Backend, RuntimeOptions, create_backend
@@ -17,21 +18,13 @@ from vidtag.runtime.repository import default_repository, resolve_model
 
 
 def _warmup_clip(frames: int = 12, size: int = 64) -> bytes:
-    import io
-
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=12)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": "4"}
-        for i in range(frames):
-            img = np.full((size, size, 3), 30 + 10 * i, dtype=np.uint8)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(stream.encode())
-    return buf.getvalue()
+    return encode_in_memory(
+        size,
+        size,
+        frames,
+        lambda i: np.full((size, size, 3), 30 + 10 * i, dtype=np.uint8),
+        options={"preset": "ultrafast", "g": "4"},
+    )
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import logging
 import multiprocessing
 import os
@@ -60,6 +59,7 @@ except ImportError:  # not on Windows
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.spec import SamplingSpec
+from vidtag.decode.warmup import encode_in_memory
 from vidtag.server.errors import RpcFailure
 
 log = logging.getLogger(__name__)
@@ -214,24 +214,20 @@ def _warm_up(backend: str) -> None:
     PyAV raised."""
     from vidtag.decode import sample_frames
 
+    side = 32 if backend == "pyav" else 160  # within every NVDEC codec's minimum size
     try:
-        import av
-
-        side = 32 if backend == "pyav" else 160  # within every NVDEC codec's minimum size
-        buf = io.BytesIO()
-        with av.open(buf, "w", format="mp4") as out:
-            stream = out.add_stream("libx264", rate=8)
-            stream.width = stream.height = side
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"preset": "ultrafast", "g": "4"}
-            for i in range(8):
-                img = np.full((side, side, 3), 30 + 20 * i, dtype=np.uint8)
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
+        clip = encode_in_memory(
+            side,
+            side,
+            8,
+            lambda i: np.full((side, side, 3), 30 + 20 * i, dtype=np.uint8),
+            options={"preset": "ultrafast", "g": "4"},
+            rate=8,
+        )
     except Exception:  # no encoder in this FFmpeg build: skip, the first request pays instead
         return
     try:
-        sample_frames(buf.getvalue(), SamplingSpec(frames=2, height=16, width=16), None, backend)
+        sample_frames(clip, SamplingSpec(frames=2, height=16, width=16), None, backend)
     except Exception:
         if backend != "pyav":
             raise

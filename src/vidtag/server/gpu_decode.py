@@ -24,6 +24,7 @@ import numpy as np
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.spec import SamplingSpec
+from vidtag.decode.warmup import encode_in_memory
 from vidtag.runtime.preprocess import preprocess_tensor
 from vidtag.server.errors import RpcFailure
 from vidtag.server.pipeline import Decoded, DecodeStage, before_deadline
@@ -55,33 +56,27 @@ def example_clips(
     """The `examples` as intra-only MP4 clips of `frames` frames (every frame a keyframe, so
     a plan of up to `frames` frames decodes as many distinct pictures); an encoder this PyAV
     lacks leaves its sizes out."""
-    import io
-
-    import av
-
     clips = []
     ramp = np.linspace(16, 235, 64, dtype=np.uint8)
     for width, height, encoder in examples:
-        buf = io.BytesIO()
+
+        def image(i: int, width: int = width, height: int = height) -> np.ndarray:
+            row = np.roll(ramp, 4 * i)[np.arange(width) * 64 // width]
+            return np.broadcast_to(row[None, :, None], (height, width, 3))
+
+        options = (
+            {"preset": "ultrafast", "x265-params": _X265}
+            if encoder == "libx265"
+            else {"preset": "ultrafast", "g": "1"}
+        )
         try:
-            with av.open(buf, "w", format="mp4") as out:
-                stream = out.add_stream(encoder, rate=30)
-                assert isinstance(stream, av.VideoStream)
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                stream.options = (
-                    {"preset": "ultrafast", "x265-params": _X265}
-                    if encoder == "libx265"
-                    else {"preset": "ultrafast", "g": "1"}
+            clips.append(
+                encode_in_memory(
+                    width, height, frames, image, encoder=encoder, options=options, rate=30
                 )
-                for i in range(frames):
-                    row = np.roll(ramp, 4 * i)[np.arange(width) * 64 // width]
-                    img = np.broadcast_to(row[None, :, None], (height, width, 3))
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                    out.mux(stream.encode(frame))
-                out.mux(stream.encode())
+            )
         except Exception:  # no such encoder in this FFmpeg build
             continue
-        clips.append(buf.getvalue())
     return tuple(clips)
 
 
