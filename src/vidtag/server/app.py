@@ -247,7 +247,7 @@ class VidtagServer:
         model_dir = resolve_model(self._repository(), cfg.model_name, cfg.model_version)
         if self.nvdec is not None or self.nvdec_pool is not None:
             # Before the model: a GPU that cannot decode ends the start with that reason.
-            spec = load_meta(model_dir).sampling_spec(**(cfg.sampling_overrides or {}))
+            spec = load_meta(model_dir).sampling_spec(**cfg.sampling_overrides)
             await self._warm_nvdec(spec)
         model = await loop.run_in_executor(self.executor, self._load_dir, model_dir)
         await model.batcher.start()

@@ -153,14 +153,14 @@ class NvdecStage:
 
         barrier = threading.Barrier(self.workers)
         tiny = SamplingSpec(frames=2, height=16, width=16)
+        jobs = [(clip, spec) for clip in examples] if spec is not None else []
 
         def one() -> None:
             barrier.wait(timeout_s)
             sample_nvdec_cuda(video, tiny, self.limits, pool=self.pool)
-            for clip in examples:
+            for clip, clip_spec in jobs:
                 with contextlib.suppress(Exception):
-                    assert spec is not None
-                    sample_nvdec_cuda(clip, spec, self.limits, pool=self.pool, dtype="float32")
+                    sample_nvdec_cuda(clip, clip_spec, self.limits, pool=self.pool, dtype="float32")
 
         for job in [self.executor.submit(one) for _ in range(self.workers)]:
             job.result(timeout_s)
