@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
+from vidtag.decode.source import FileRef, Input
 from vidtag.errors import InvalidVideo, LimitExceeded
 from vidtag.runtime.device import nvdec_available
 from vidtag.server.background import LoopThread
@@ -85,7 +86,7 @@ def pool(lt: Loop) -> Iterator[DecodePool]:
     lt.run(p.stop())
 
 
-def decode(pool: DecodePool, data: bytes, **kw: Any) -> Coroutine[Any, Any, DecodedResult]:
+def decode(pool: DecodePool, data: Input, **kw: Any) -> Coroutine[Any, Any, DecodedResult]:
     return pool.decode(data, kw.pop("spec", SPEC), kw.pop("limits", LIMITS), **kw)
 
 
@@ -121,6 +122,24 @@ def test_inputs_larger_than_a_pipe_arrive_whole(
     for got in lt.run(both()):
         assert np.array_equal(got.clip.frames, ref.frames)
     assert lt.read(lambda: pool.restarts) == 0
+
+
+def test_files_are_opened_by_the_worker(
+    lt: Loop, pool: DecodePool, clip_bytes: bytes, tmp_path: Path
+) -> None:
+    """A file is named to the worker, not sent: the worker reads it, and refuses a checked
+    file (FileRef) whose name now leads to another one."""
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(clip_bytes)
+    info = path.stat()
+    ref = FileRef(str(path), info.st_dev, info.st_ino, info.st_size)
+    want = sample_frames(clip_bytes, SPEC, LIMITS).frames
+    for source in (path, ref):
+        assert np.array_equal(lt.run(decode(pool, source)).clip.frames, want)
+    (tmp_path / "other.mp4").write_bytes(clip_bytes)
+    os.replace(tmp_path / "other.mp4", path)
+    with pytest.raises(InvalidVideo, match="replaced after it was checked"):
+        lt.run(decode(pool, ref))
 
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux pipe sizes only")

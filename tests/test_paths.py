@@ -15,6 +15,8 @@ from media import encode_clip
 from test_server import make_config
 
 from vidtag.client.grpc_client import VidtagClient
+from vidtag.decode import SamplingSpec, sample_frames
+from vidtag.decode.source import FileRef
 from vidtag.errors import InvalidVideo
 from vidtag.server.background import running_server
 from vidtag.server.cli import add_serve_arguments, config_from_args
@@ -151,6 +153,47 @@ def test_files_over_the_upload_cap_are_not_read(tree: dict[str, Path]) -> None:
     with pytest.raises(RpcFailure) as info:
         PathInputs([tree["root"]], size - 1).read(str(tree["clip"]))
     assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_check_names_the_real_file_and_reads_nothing(tree: dict[str, Path]) -> None:
+    clip = tree["clip"]
+    ref = PathInputs([tree["root"]], 1 << 30).check(str(tree["root"] / "sub" / "inside_link.mp4"))
+    info = clip.stat()
+    assert ref == FileRef(str(clip), info.st_dev, info.st_ino, info.st_size)
+    with pytest.raises(RpcFailure) as over:
+        PathInputs([tree["root"]], info.st_size - 1).check(str(clip))
+    assert over.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_file_replaced_after_its_check_is_not_decoded(tmp_path: Path) -> None:
+    """The decoder opens a checked file itself: if the name now leads elsewhere (a link, a
+    renamed file) or nowhere, it refuses instead of decoding what it was not asked to."""
+    clip = encode_clip(tmp_path / "a.mp4", seconds=1.0)
+    inputs = PathInputs([tmp_path], 1 << 30)
+    ref = inputs.check(str(clip))
+    assert sample_frames(ref, SamplingSpec(frames=2, height=16, width=16)).frames.shape[0] == 2
+    other = encode_clip(tmp_path / "b.mp4", seconds=1.0)
+    os.replace(other, clip)  # same name, another file
+    with pytest.raises(InvalidVideo, match="replaced after it was checked"):
+        sample_frames(ref, SamplingSpec(frames=2, height=16, width=16))
+    clip.unlink()
+    clip.symlink_to("/etc/passwd")
+    with pytest.raises(InvalidVideo, match="changed after it was checked"):
+        sample_frames(ref, SamplingSpec(frames=2, height=16, width=16))
+
+
+def test_in_process_decoders_read_paths_too(model_repo: Path, tree: dict[str, Path]) -> None:
+    config = make_config(
+        model_repo, workers=1, decode_processes=False, allowed_path_roots=(tree["root"],)
+    )
+    with (
+        running_server(config) as (srv, _),
+        VidtagClient(f"127.0.0.1:{srv.port}", timeout=20) as c,
+    ):
+        by_path = c.tag_path(tree["clip"])
+        np.testing.assert_allclose(
+            by_path.all_scores, c.tag(tree["clip"].read_bytes()).all_scores, atol=1e-5
+        )
 
 
 def test_a_device_is_not_a_regular_file_even_inside_a_root() -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from pathlib import Path
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
+from vidtag.decode.source import Input
 from vidtag.decode.spec import SamplingSpec
 from vidtag.registry import Registry
 
-Backend = Callable[[bytes | str | Path, SamplingSpec, DecodeLimits], DecodedClip]
+Backend = Callable[[Input, SamplingSpec, DecodeLimits], DecodedClip]
 BACKENDS: Registry[Backend] = Registry("decode backend")
 register_backend = BACKENDS.register
 
@@ -26,9 +26,7 @@ _LAZY_BACKENDS = {
 
 
 def _lazy(module: str, attr: str) -> Backend:
-    def backend(
-        source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
-    ) -> DecodedClip:
+    def backend(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> DecodedClip:
         run: Backend = getattr(importlib.import_module(module), attr)
         return run(source, spec, limits)
 
@@ -52,7 +50,7 @@ def backends() -> list[str]:
 
 
 def sample_frames(
-    source: bytes | str | Path,
+    source: Input,
     spec: SamplingSpec | None = None,
     limits: DecodeLimits | None = None,
     backend: str = "pyav",

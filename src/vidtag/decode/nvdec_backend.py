@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import av
@@ -39,7 +38,7 @@ from vidtag.decode.mp4 import isobmff_rotation
 from vidtag.decode.planner import Plan, plan_frames
 from vidtag.decode.pyav_backend import indexed
 from vidtag.decode.result import DecodedClip
-from vidtag.decode.source import Source
+from vidtag.decode.source import Input, Source
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
 
@@ -755,7 +754,7 @@ def picture_format(stream: Any, codec: str, gops: list[GopUnits]) -> PictureForm
 
 
 def sample_nvdec_cuda(
-    source: bytes | str | Path,
+    source: Input,
     spec: SamplingSpec,
     limits: DecodeLimits,
     *,
@@ -845,9 +844,7 @@ def sample_nvdec_cuda(
     )
 
 
-def sample_nvdec(
-    source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
-) -> DecodedClip:
+def sample_nvdec(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> DecodedClip:
     """The registered `nvdec` backend: `sample_nvdec_cuda` copied back to host memory."""
     t0 = time.perf_counter()
     clip = sample_nvdec_cuda(source, spec, limits).to_host()

@@ -18,6 +18,7 @@ import numpy as np
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
+from vidtag.decode.source import FileRef, Input, open_same
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
 
@@ -60,9 +61,7 @@ def _check_size(size: int, limits: DecodeLimits) -> None:
         raise InvalidVideo("empty input")
 
 
-def sample_opencv(
-    source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
-) -> DecodedClip:
+def sample_opencv(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> DecodedClip:
     """Seek-and-read each target with cv2.VideoCapture; same limits and errors as `pyav`."""
     cv2 = _cv2()
     t0 = time.perf_counter()
@@ -74,10 +73,12 @@ def sample_opencv(
             f.write(source)
             tmp = path = f.name
     else:
-        if not Path(source).is_file():
-            raise InvalidVideo(f"no such file: {source}")
-        _check_size(Path(source).stat().st_size, limits)
-        path = str(source)
+        if isinstance(source, FileRef):  # still the file that was checked (a baseline: the
+            os.close(open_same(source))  # name is read again below)
+        path = os.fspath(source)
+        if not Path(path).is_file():
+            raise InvalidVideo(f"no such file: {path}")
+        _check_size(Path(path).stat().st_size, limits)
     try:
         cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
         try:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import av
@@ -19,7 +18,7 @@ from vidtag.decode.index import PacketIndex, build_index
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.planner import Plan, packet_ms, plan_frames
 from vidtag.decode.result import DecodedClip
-from vidtag.decode.source import Source
+from vidtag.decode.source import Input, Source
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import InvalidVideo, LimitExceeded
 
@@ -43,7 +42,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def _open(source: bytes | str | Path, limits: DecodeLimits) -> Any:
+def _open(source: Input, limits: DecodeLimits) -> Any:
     """The container of a validated input (other backends share this)."""
     return open_container(Source(source, limits))
 
@@ -324,7 +323,7 @@ def execute_plan(
 
 @contextmanager
 def indexed(
-    source: bytes | str | Path, limits: DecodeLimits, light_probe: bool = False
+    source: Input, limits: DecodeLimits, light_probe: bool = False
 ) -> Iterator[tuple[Source, Any, Any, PacketIndex]]:
     """(source, container, first video stream, packet index), closed on exit. A still image
     attached to an audio file (an MP3's cover art) is not a video stream. `light_probe`: see
@@ -343,9 +342,7 @@ def indexed(
             container.close()
 
 
-def sample_pyav(
-    source: bytes | str | Path, spec: SamplingSpec, limits: DecodeLimits
-) -> DecodedClip:
+def sample_pyav(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> DecodedClip:
     t0 = time.perf_counter()
     with indexed(source, limits, light_probe=True) as (_, _, stream, index):
         plan = plan_frames(index, spec)

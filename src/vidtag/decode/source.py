@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.errors import InvalidVideo, LimitExceeded
 
 
+class FileRef(NamedTuple):
+    """A file someone else checked (the server's path inputs): opened here only if the path
+    still names that same file (device and inode), so nothing swapped in after the check is
+    read. Path-like: a backend that takes paths opens `path`."""
+
+    path: str
+    device: int
+    inode: int
+    size: int  # at the check
+
+    def __fspath__(self) -> str:
+        return self.path
+
+
+Input = bytes | bytearray | memoryview | str | Path | FileRef
+
+
 class Source:
     """Validated input: `handle` for av.open, `read(offset, size)` for packet bytes."""
 
-    def __init__(self, source: bytes | bytearray | memoryview | str | Path, limits: DecodeLimits):
+    def __init__(self, source: Input, limits: DecodeLimits):
         self._fd: int | None = None
         self._buf: memoryview | None = None
         self.limits = limits
@@ -24,13 +42,25 @@ class Source:
             self._buf = memoryview(source)
             self._path: str | None = None
             return
-        path = Path(source)
-        if not path.is_file():
-            raise InvalidVideo(f"no such file: {path}")
-        self.size = path.stat().st_size
-        self._check(limits)
-        self._fd = os.open(path, os.O_RDONLY)
-        self._path = str(path)
+        if isinstance(source, FileRef):
+            self._fd = open_same(source)
+            self.size = os.fstat(self._fd).st_size
+            # FFmpeg reads the descriptor we checked, not whatever the name points at now.
+            self._path = f"/proc/self/fd/{self._fd}" if os.path.isdir("/proc/self/fd") else None
+            if self._path is None:
+                self._path = source.path  # no /proc: the name, checked a moment ago
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise InvalidVideo(f"no such file: {path}")
+            self.size = path.stat().st_size
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._path = str(path)
+        try:
+            self._check(limits)
+        except Exception:
+            self.close()
+            raise
 
     @property
     def handle(self) -> Any:
@@ -60,3 +90,17 @@ class Source:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_same(ref: FileRef) -> int:
+    """A read-only descriptor of `ref.path`, if it is still `ref`'s regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(ref.path, flags)
+    except OSError as exc:
+        raise InvalidVideo(f"the file changed after it was checked: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if (info.st_dev, info.st_ino) != (ref.device, ref.inode) or not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise InvalidVideo("the file was replaced after it was checked")
+    return fd

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits, sample_frames
+from vidtag.decode.source import Input
 from vidtag.decode.warmup import encode_in_memory
 from vidtag.results import TagResult, TagScore, VideoInfo
 from vidtag.runtime.artifact import load_meta
@@ -79,7 +80,7 @@ class Tagger:
         each cost several times a warm one)."""
         self.tag(_warmup_clip())
 
-    def decode(self, source: bytes | str | Path) -> DecodedClip:
+    def decode(self, source: Input) -> DecodedClip:
         return sample_frames(source, self.spec, self.limits, self.decode_backend)
 
     def infer(self, batch: Any, backend: Backend | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +121,7 @@ class Tagger:
 
     def tag(
         self,
-        source: bytes | str | Path,
+        source: Input,
         *,
         top_k: int | None = None,
         threshold: float | None = None,

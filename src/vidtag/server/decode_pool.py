@@ -58,6 +58,7 @@ except ImportError:  # not on Windows
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
+from vidtag.decode.source import Input
 from vidtag.decode.spec import SamplingSpec
 from vidtag.decode.warmup import encode_in_memory
 from vidtag.server.errors import RpcFailure
@@ -102,8 +103,9 @@ class DecodedResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Worker process side. Tasks: a pickled header (task_id, spec, limits), then the input's bytes
-# as one raw message; a pickled None alone: exit.
+# Worker process side. Tasks: a pickled header (task_id, spec, limits, file), then the input's
+# bytes as one raw message (empty when `file`, a path or FileRef, names the input); a pickled
+# None alone: exit.
 # Replies: ("ready", pid) | ("failed", reason: warm-up, then exit)
 # | ("ok", task_id, clip)
 # | ("err", task_id, pickled exception or None, type name, message, formatted traceback).
@@ -154,11 +156,12 @@ def _worker_main(
             continue
         if msg is None:
             return
-        task_id, spec, limits = msg
+        task_id, spec, limits, file = msg
         try:
             if marker is not None and data.startswith(marker):
                 data = _test_hook(data[len(marker) :])
-            reply: tuple[Any, ...] = ("ok", task_id, sample_frames(data, spec, limits, backend))
+            source = data if file is None else file
+            reply: tuple[Any, ...] = ("ok", task_id, sample_frames(source, spec, limits, backend))
         except Exception as exc:
             reply = ("err", task_id, *_pack_error(exc))
         try:
@@ -240,8 +243,8 @@ def _warm_up(backend: str) -> None:
 @dataclass(eq=False)
 class _Task:
     id: int
-    header: bytes  # pickled (id, spec, limits)
-    data: bytes  # the input, sent as it is after the header
+    header: bytes  # pickled (id, spec, limits, file)
+    data: bytes | bytearray | memoryview  # the input, sent as it is after the header
     future: asyncio.Future[DecodedResult]
     deadline: float | None  # time.monotonic()
     deadline_timer: asyncio.TimerHandle | None = None
@@ -293,7 +296,7 @@ def _widen(conn: Connection) -> None:
         fcntl.fcntl(conn.fileno(), size, min(PIPE_BUFFER, cap))
 
 
-def _send(conn: Connection, *messages: bytes) -> None:
+def _send(conn: Connection, *messages: bytes | bytearray | memoryview) -> None:
     with contextlib.suppress(OSError, ValueError):  # worker gone: its reader reports the exit
         for payload in messages:
             conn.send_bytes(payload)  # no copy: written to the pipe from the buffer
@@ -427,12 +430,14 @@ class DecodePool:
 
     async def decode(
         self,
-        data: bytes,
+        data: Input,
         spec: SamplingSpec,
         limits: DecodeLimits,
         deadline: float | None = None,
     ) -> DecodedResult:
-        """Decode `data` in a worker with the pool's backend.
+        """Decode `data` in a worker with the pool's backend. Bytes are sent to the worker; a
+        file (a path, or a `FileRef` the worker opens only if it is the same file) is opened
+        by the worker, which reads only what it decodes.
 
         `deadline` is on the `time.monotonic()` clock. Raises RpcFailure (see the module
         docstring) or the worker's own exception.
@@ -451,8 +456,11 @@ class DecodePool:
                 f"{len(self._queue)} requests are waiting; try again later",
             )
         self._next_id += 1
-        header = pickle.dumps((self._next_id, spec, limits), _PROTOCOL)
-        task = _Task(self._next_id, header, data, loop.create_future(), deadline)
+        file, payload = (
+            (None, data) if isinstance(data, bytes | bytearray | memoryview) else (data, b"")
+        )
+        header = pickle.dumps((self._next_id, spec, limits, file), _PROTOCOL)
+        task = _Task(self._next_id, header, payload, loop.create_future(), deadline)
         if deadline is not None:
             task.deadline_timer = loop.call_later(
                 max(deadline - time.monotonic(), 0.0), self._on_deadline, task

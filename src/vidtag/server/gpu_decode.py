@@ -23,6 +23,7 @@ import numpy as np
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
+from vidtag.decode.source import Input
 from vidtag.decode.spec import SamplingSpec
 from vidtag.decode.warmup import encode_in_memory
 from vidtag.runtime.preprocess import preprocess_tensor
@@ -88,7 +89,7 @@ def metadata_only(clip: DecodedClip) -> DecodedClip:
 
 
 def decode_on_device(
-    video: bytes, model: ServedModel, pool: NvdecDecoderPool, limits: DecodeLimits
+    video: Input, model: ServedModel, pool: NvdecDecoderPool, limits: DecodeLimits
 ) -> Decoded:
     """Decode with NVDEC and preprocess on the device, in the calling thread."""
     from vidtag.decode.nvdec_backend import sample_nvdec_cuda
@@ -121,7 +122,7 @@ class NvdecStage:
         """Requests waiting for a free NVDEC thread."""
         return max(0, self.in_flight - self.workers)
 
-    async def __call__(self, video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+    async def __call__(self, video: Input, model: ServedModel, deadline: float | None) -> Decoded:
         if self.in_flight >= self.workers + self.max_pending:
             raise RpcFailure(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -141,7 +142,7 @@ class NvdecStage:
 
     def warm(
         self,
-        video: bytes,
+        video: Input,
         examples: Sequence[bytes] = (),
         spec: SamplingSpec | None = None,
         timeout_s: float = 60.0,
@@ -192,7 +193,7 @@ class HybridStage:
     def pick(self) -> Route:
         return min(self.routes, key=lambda r: (r.in_flight + 1) / r.capacity)
 
-    async def __call__(self, video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+    async def __call__(self, video: Input, model: ServedModel, deadline: float | None) -> Decoded:
         route = self.pick()
         route.in_flight += 1
         route.routed += 1

@@ -7,7 +7,10 @@ decided before the file is looked at, so a client learns nothing about files out
 (every such path is PERMISSION_DENIED, whether it exists or not). The resolved file is opened
 without following a final symbolic link and checked on the open descriptor (a regular file, no
 larger than an upload may be); on Linux the descriptor's own path is checked against the roots
-again, so a directory swapped for a link after the check cannot redirect the read.
+again, so a directory swapped for a link after the check cannot redirect the read. The
+server only checks (`check`); the decoder, in its worker process, opens the real path again
+and decodes it only if it is still the file checked (device and inode), reading just the
+index and the planned packets instead of the whole file through the server and a pipe.
 URLs are refused: nothing is ever fetched over a network. The file's name plays no part in how
 it is decoded; its content does.
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from vidtag.decode.source import FileRef
 from vidtag.server.errors import RpcFailure
 
 
@@ -59,8 +63,36 @@ class PathInputs:
                 grpc.StatusCode.PERMISSION_DENIED, "path is outside the server's allowed roots"
             )
 
+    def check(self, path: str) -> FileRef:
+        """The file at `path`, checked as `read` checks it but not read (blocking: call off
+        the event loop): a decoder opens it itself and reads only what it needs
+        (`vidtag.decode.source.FileRef`: the same file or an error)."""
+        fd, real = self._open(path)
+        try:
+            info = os.fstat(fd)
+            return FileRef(str(real), info.st_dev, info.st_ino, info.st_size)
+        finally:
+            os.close(fd)
+
     def read(self, path: str) -> bytes:
         """The bytes of the file at `path` (blocking: call off the event loop)."""
+        fd, _ = self._open(path)
+        try:
+            # One byte more than the cap: a file that grew since fstat is caught, not cut short.
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(self.max_bytes + 1)
+            if len(data) > self.max_bytes:
+                raise RpcFailure(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"file is over the server's cap of {self.max_bytes} bytes",
+                )
+            return data
+        finally:
+            os.close(fd)
+
+    def _open(self, path: str) -> tuple[int, Path]:
+        """A descriptor of the regular file at `path`, inside the roots and under the cap, and
+        the real path it was opened by."""
         real = self.resolve(path)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -75,7 +107,8 @@ class PathInputs:
             # What was opened, whatever happened to the path's directories since realpath.
             opened = f"/proc/self/fd/{fd}"
             if os.path.islink(opened):
-                self._check_inside(Path(os.readlink(opened)))
+                real = Path(os.readlink(opened))
+                self._check_inside(real)
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "path is not a regular file")
@@ -84,14 +117,7 @@ class PathInputs:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"file is {info.st_size} bytes; the server's cap is {self.max_bytes}",
                 )
-            # One byte more than the cap: a file that grew since fstat is caught, not cut short.
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read(self.max_bytes + 1)
-            if len(data) > self.max_bytes:
-                raise RpcFailure(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"file is over the server's cap of {self.max_bytes} bytes",
-                )
-            return data
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd, real

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits
+from vidtag.decode.source import Input
 from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.onnx_backend import OnnxBackend
 from vidtag.runtime.preprocess import preprocess, preprocess_tensor
@@ -31,7 +32,7 @@ from vidtag.server.metrics import Metrics
 # clip, preprocessed (3,T,H,W) float32 (numpy, or a torch tensor on the GPU path), decode seconds
 Decoded = tuple[DecodedClip, Any, float]
 T = TypeVar("T")
-DecodeStage = Callable[[bytes, "ServedModel", float | None], Awaitable[Decoded]]
+DecodeStage = Callable[[Input, "ServedModel", float | None], Awaitable[Decoded]]
 
 
 class _MetricsObserver:
@@ -109,7 +110,7 @@ class ServedModel:
         if self._narrow is not None:
             self.tagger.infer(largest, self._narrow)
 
-    def decode_here(self, video: bytes) -> Decoded:
+    def decode_here(self, video: Input) -> Decoded:
         """Decode and preprocess in the calling thread (the in-process decode stage)."""
         t0 = time.perf_counter()
         clip = self.tagger.decode(video)
@@ -131,7 +132,7 @@ def thread_decode_stage(executor: Executor, workers: int, max_pending: int) -> D
     process pool does."""
     admitted = 0
 
-    async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+    async def stage(video: Input, model: ServedModel, deadline: float | None) -> Decoded:
         nonlocal admitted
         if admitted >= workers + max_pending:
             raise RpcFailure(
@@ -158,7 +159,7 @@ def pool_decode_stage(
     normalised here: on the host (0.4 ms at 8x224x128, where piping the 2.75 MB float32 input
     cost ~8 ms of a request's median latency), or on the torch `device`."""
 
-    async def stage(video: bytes, model: ServedModel, deadline: float | None) -> Decoded:
+    async def stage(video: Input, model: ServedModel, deadline: float | None) -> Decoded:
         spec = model.tagger.spec
         if pool.busy or pool.pending:  # under load the cores are taken: one decoder per clip
             spec = replace(spec, threads=1)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from vidtag.decode.source import FileRef
 from vidtag.errors import ModelError
 from vidtag.runtime.repository import version_key
 from vidtag.server.errors import RpcFailure, abort_with, status_for
@@ -270,14 +271,19 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                                 grpc.StatusCode.INVALID_ARGUMENT,
                                 "set either video or path, not both",
                             )
-                        video = await asyncio.to_thread(self.paths.read, request.path)
-                        rec.nbytes = len(video)
-                    if not video:
+                        # Checked here, read by the decoder: only the bytes it needs, in its
+                        # process, not piped there.
+                        ref = await asyncio.to_thread(self.paths.check, request.path)
+                        source: bytes | FileRef = ref
+                        rec.nbytes = ref.size
+                    else:
+                        source = video
+                    if not rec.nbytes:
                         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "video is empty")
                     top_k, threshold = request_options(request)
                     model = self.models.get(request.model_name, request.model_version)
                     rec.model = f"{model.name}/{model.version}"
-                    clip, x, decode_s = await self._decode(video, model, deadline)
+                    clip, x, decode_s = await self._decode(source, model, deadline)
                     t_decoded = time.perf_counter()
                     scores, emb, batch, infer_s = await model.batcher.submit(x, deadline)
                     t_inferred = time.perf_counter()
