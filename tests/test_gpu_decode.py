@@ -170,6 +170,30 @@ def test_nvdec_stage_errors_are_the_cpu_paths(
     stage.shutdown()
 
 
+def test_nvdec_shares_merge_into_the_whole_clip(tmp_path: Path) -> None:
+    """NVDEC processes sharing a clip (SamplingSpec.share): merged, their frames are the
+    whole decode's; a share with no GOP left returns no frame and is left out."""
+    from dataclasses import replace
+
+    from media import encode_clip
+
+    from vidtag.decode.shares import merge_shares
+
+    data = encode_clip(tmp_path / "gops.mp4", seconds=4.0, fps=12, gop=12).read_bytes()
+    _, pool = _fake_pool()
+    spec = SamplingSpec(frames=8, height=48, width=32)
+    whole = sample_nvdec_cuda(data, spec, DecodeLimits(), pool=pool).to_host()
+    parts = [
+        sample_nvdec_cuda(data, replace(spec, share=(i, 6)), DecodeLimits(), pool=pool).to_host()
+        for i in range(6)
+    ]
+    assert [len(p.frames) > 0 for p in parts] == [True] * 4 + [False] * 2  # 4 GOPs
+    merged = merge_shares(parts)
+    assert np.array_equal(merged.frames, whole.frames)
+    assert merged.timestamps == whole.timestamps
+    assert merged.frames_decoded == whole.frames_decoded
+
+
 def test_nvdec_stage_sheds_beyond_its_queue(
     tagger: Tagger, executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,6 +38,7 @@ from vidtag.decode.mp4 import isobmff_rotation
 from vidtag.decode.planner import Plan, plan_frames
 from vidtag.decode.pyav_backend import indexed
 from vidtag.decode.result import DecodedClip
+from vidtag.decode.shares import empty_share, share_plan
 from vidtag.decode.source import Input, Source
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
@@ -778,7 +779,14 @@ def sample_nvdec_cuda(
     with indexed(source, limits, light_probe=True) as (src, container, stream, index):
         codec = stream_codec(stream)
         nvdec_codec(codec)
-        plan = plan_frames(index, spec)
+        whole = plan_frames(index, spec)
+        plan, positions = share_plan(index, whole, spec.share)
+        if not plan.chosen:
+            empty = empty_share(index, whole, spec, time.perf_counter() - t0)
+            meta = {f.name: getattr(empty, f.name) for f in fields(empty) if f.name != "frames"}
+            kind = torch.float32 if dtype == "float32" else torch.uint8
+            none = torch.empty((0, 3, spec.height, spec.width), dtype=kind, device=device)
+            return GpuClip(frames=none, **meta)
         gops = planned_access_units(index, plan, stream)
         bits, full_range, colorspace = picture_format(stream, codec, gops)
         rotation = display_rotation(src, container, stream, index)
@@ -823,7 +831,7 @@ def sample_nvdec_cuda(
         caller.wait_stream(side)  # the caller's stream sees finished frames
         frames.record_stream(caller)  # and the allocator keeps them until it is done
     stamps = tuple(float(index.pts_s[i]) for i in picks)
-    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets))))
+    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets)[list(positions)])))
     h, w = index.height, index.width
     return GpuClip(
         frames=frames,
@@ -841,6 +849,7 @@ def sample_nvdec_cuda(
         rotation=rotation,
         keyframes=int(index.is_key.sum()),
         seconds=time.perf_counter() - t0,
+        positions=positions if spec.share[1] > 1 else (),
     )
 
 

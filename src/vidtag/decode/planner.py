@@ -183,6 +183,20 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     )
 
 
+def split_gops(
+    gops: list[tuple[int, int]], costs: np.ndarray, parts: int
+) -> list[list[tuple[int, int]]]:
+    """Longest-first split of (start, length) GOP prefixes into at most `parts` groups of
+    similar total `costs`; deterministic, each group in decode order, no empty group."""
+    groups: list[list[tuple[int, int]]] = [[] for _ in range(parts)]
+    load = [0.0] * parts
+    for g in sorted(gops, key=lambda g: (-float(costs[g[0] : g[0] + g[1]].sum()), g)):
+        k = int(np.argmin(load))
+        groups[k].append(g)
+        load[k] += float(costs[g[0] : g[0] + g[1]].sum())
+    return [sorted(grp) for grp in groups if grp]
+
+
 def _plan_dense(index: PacketIndex, st: _State, targets: np.ndarray, n: int) -> Plan:
     """`n` consecutive usable frames in presentation order, starting nearest targets[0]."""
     usable = np.flatnonzero(st.usable)

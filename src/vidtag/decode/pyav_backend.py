@@ -16,8 +16,9 @@ import numpy as np
 from vidtag.decode import mp4
 from vidtag.decode.index import PacketIndex, build_index
 from vidtag.decode.limits import DecodeLimits
-from vidtag.decode.planner import Plan, packet_ms, plan_frames
+from vidtag.decode.planner import Plan, packet_ms, plan_frames, split_gops
 from vidtag.decode.result import DecodedClip
+from vidtag.decode.shares import empty_share, share_plan
 from vidtag.decode.source import Input, Source
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import InvalidVideo, LimitExceeded
@@ -254,19 +255,6 @@ class _Run:
         return out, decoded, corrupt
 
 
-def _split(
-    gops: list[tuple[int, int]], costs: np.ndarray, parts: int
-) -> list[list[tuple[int, int]]]:
-    """Longest-first split of GOP prefixes into at most `parts` groups of similar cost."""
-    groups: list[list[tuple[int, int]]] = [[] for _ in range(parts)]
-    load = [0.0] * parts
-    for g in sorted(gops, key=lambda g: -float(costs[g[0] : g[0] + g[1]].sum())):
-        k = int(np.argmin(load))
-        groups[k].append(g)
-        load[k] += float(costs[g[0] : g[0] + g[1]].sum())
-    return [sorted(grp) for grp in groups if grp]
-
-
 def execute_plan(
     stream: Any,
     index: PacketIndex,
@@ -300,7 +288,7 @@ def execute_plan(
         out, decoded, corrupt = run.decode_gops(main, gops, own=True)
         return out, decoded, corrupt, run.rotation or 0
     # All decoders start at once; the stream's own one takes the group with the first GOP.
-    groups = _split(gops, packet_ms(index), threads)
+    groups = split_gops(gops, packet_ms(index), threads)
     groups.sort(key=lambda grp: grp[0] != gops[0])
     futures = [
         _pool(threads).submit(
@@ -345,7 +333,10 @@ def indexed(
 def sample_pyav(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> DecodedClip:
     t0 = time.perf_counter()
     with indexed(source, limits, light_probe=True) as (_, _, stream, index):
-        plan = plan_frames(index, spec)
+        whole = plan_frames(index, spec)
+        plan, positions = share_plan(index, whole, spec.share)
+        if not plan.chosen:
+            return empty_share(index, whole, spec, time.perf_counter() - t0)
         frames, decoded, corrupt, rotation = execute_plan(
             stream, index, plan, spec, limits, threads=spec.threads
         )
@@ -363,7 +354,7 @@ def sample_pyav(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> Deco
             i if i in frames else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))])
         )
     stamps = tuple(float(index.pts_s[i]) for i in picks)
-    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets))))
+    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets)[list(positions)])))
     h, w = (index.height, index.width)
     disp_w, disp_h = (h, w) if rotation in (90, 270) else (w, h)
     return DecodedClip(
@@ -382,4 +373,5 @@ def sample_pyav(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> Deco
         rotation=rotation,
         keyframes=int(index.is_key.sum()),
         seconds=time.perf_counter() - t0,
+        positions=positions if spec.share[1] > 1 else (),
     )

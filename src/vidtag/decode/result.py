@@ -24,3 +24,6 @@ class DecodedClip:
     rotation: int
     keyframes: int
     seconds: float  # wall time of the whole decode, demux included
+    # The target position of each frame when this is one share of a clip (SamplingSpec.share);
+    # () for a whole clip, whose frames are in target order.
+    positions: tuple[int, ...] = ()

@@ -48,6 +48,10 @@ class SamplingSpec:
     mode: Mode = "uniform"
     seed: int = 0
     start: float | None = None
+    # (i, n): decode only the i-th of n groups of the planned GOPs, as one of n decoders in
+    # different processes sharing a clip; the result holds that group's frames and their
+    # target positions (`DecodedClip.positions`; `vidtag.decode.shares.merge_shares`).
+    share: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
         if min(self.frames, self.fill, self.threads) < 1 or min(self.height, self.width) < 8:
@@ -58,6 +62,8 @@ class SamplingSpec:
             raise ValueError(f"unknown sampling mode {self.mode!r}")
         if self.threading not in ("gops", "ffmpeg"):
             raise ValueError(f"unknown threading {self.threading!r}")
+        if len(self.share) != 2 or not 0 <= self.share[0] < self.share[1]:
+            raise ValueError(f"invalid share {self.share!r}: (i, n) with 0 <= i < n")
 
     def targets(self, duration: float, fps: float = 30.0) -> list[float]:
         """Seconds to sample in [0, duration)."""

@@ -129,7 +129,9 @@ class VidtagServer:
         if self.decode_backend != "nvdec":  # pyav, or hybrid's CPU side
             if config.decode_processes:
                 self.decode_pool = _decode_pool(config, config.workers)
-                stage = pool_decode_stage(self.decode_pool, limits, torch_device)
+                stage = pool_decode_stage(
+                    self.decode_pool, limits, torch_device, config.resolved_decode_shares("pyav")
+                )
             else:
                 stage = thread_decode_stage(self.executor, config.workers, config.decode_queue_size)
         if self.decode_backend in ("nvdec", "hybrid"):
@@ -143,7 +145,9 @@ class VidtagServer:
                     gpu_id=gpu,
                     start_timeout_s=120.0,  # CUDA starts in every worker at once
                 )
-                nvdec_stage = pool_decode_stage(self.nvdec_pool, limits, config.device)
+                nvdec_stage = pool_decode_stage(
+                    self.nvdec_pool, limits, config.device, config.resolved_decode_shares("nvdec")
+                )
             else:
                 from vidtag.decode.nvdec_backend import NvdecDecoderPool
 

@@ -280,6 +280,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "each with its own sessions (default: half the cores, at most 16)",
     )
     parser.add_argument(
+        "--decode-shares",
+        type=int,
+        default=_D.decode_shares,
+        metavar="N",
+        help="decode processes sharing one clip's GOPs while that many are idle (lower "
+        "latency when the server is not busy; each share plans the clip again) (default: 4 "
+        "with NVDEC processes, 1 with PyAV, whose --decode-threads share a clip in one process)",
+    )
+    parser.add_argument(
         "--server-processes",
         type=int,
         default=_D.server_processes,
@@ -336,6 +345,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "cuda_graphs": ("cuda_graphs", None),
     "decode_backend": ("decode_backend", None),
     "nvdec_workers": ("nvdec_workers", None),
+    "decode_shares": ("decode_shares", None),
     "server_processes": ("server_processes", None),
 }
 

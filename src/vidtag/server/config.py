@@ -103,6 +103,12 @@ class ServeConfig:
     # CUDA context, ~0.5 GB of GPU memory) or, without decode_processes, threads of the server
     # (which stop scaling at ~4: Python holds them). None = half the cores, at most 16.
     nvdec_workers: int | None = None
+    # Decode worker processes sharing one clip's GOPs while enough of them are idle (each
+    # plans the clip, decodes its group of GOPs; `vidtag.decode.shares`): lower latency on an
+    # idle server at the price of planning the clip once per share. None = 4 with NVDEC
+    # processes (threads of one process do not speed NVDEC up), 1 (never) with PyAV, whose
+    # `decode_threads` share the GOPs inside one process.
+    decode_shares: int | None = None
     # Server processes sharing the port (SO_REUSEPORT), each with its own event loop, model
     # and share of the decoders: one process tops out at a few hundred requests/s.
     server_processes: int = 1
@@ -136,6 +142,10 @@ class ServeConfig:
     @property
     def resolved_nvdec_workers(self) -> int:
         return self.nvdec_workers or max(1, min(16, (os.cpu_count() or 2) // 2))
+
+    def resolved_decode_shares(self, backend: str) -> int:
+        """`decode_shares` for a pool of `backend` decoder processes."""
+        return self.decode_shares or (4 if backend == "nvdec" else 1)
 
     @property
     def resolved_decode_threads(self) -> int:
@@ -172,6 +182,8 @@ class ServeConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.decode_shares is not None and self.decode_shares < 1:
+            raise ValueError(f"decode_shares must be >= 1, got {self.decode_shares}")
         if self.nvdec_workers is not None and self.nvdec_workers < 1:
             raise ValueError(f"nvdec_workers must be >= 1, got {self.nvdec_workers}")
         if self.decode_threads is not None and self.decode_threads < 1:

@@ -358,6 +358,11 @@ class DecodePool:
         return sum(1 for w in self._workers if w.task is not None)
 
     @property
+    def idle(self) -> int:
+        """Workers ready for a task now."""
+        return sum(w.idle for w in self._workers)
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 

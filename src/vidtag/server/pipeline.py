@@ -19,13 +19,14 @@ import grpc
 import numpy as np
 
 from vidtag.decode import DecodedClip, DecodeLimits
+from vidtag.decode.shares import merge_shares
 from vidtag.decode.source import Input
 from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.onnx_backend import OnnxBackend
 from vidtag.runtime.preprocess import preprocess, preprocess_tensor
 from vidtag.runtime.tagger import Tagger
 from vidtag.server.batcher import BatcherConfig, DynamicBatcher
-from vidtag.server.decode_pool import DecodePool
+from vidtag.server.decode_pool import DecodedResult, DecodePool
 from vidtag.server.errors import RpcFailure
 from vidtag.server.metrics import Metrics
 
@@ -152,25 +153,37 @@ def thread_decode_stage(executor: Executor, workers: int, max_pending: int) -> D
 
 
 def pool_decode_stage(
-    pool: DecodePool, limits: DecodeLimits, device: str | None = None
+    pool: DecodePool, limits: DecodeLimits, device: str | None = None, shares: int = 1
 ) -> DecodeStage:
     """Decode in the pool's worker processes (a crash fails one request only); the workers send
     the uint8 frames, a quarter of the float32 input's bytes through the pipe, and they are
     normalised here: on the host (0.4 ms at 8x224x128, where piping the 2.75 MB float32 input
-    cost ~8 ms of a request's median latency), or on the torch `device`."""
+    cost ~8 ms of a request's median latency), or on the torch `device`. With `shares` > 1,
+    a clip that finds fewer than half the workers busy and none waiting is split over up to
+    `shares` idle ones (`vidtag.decode.shares`)."""
 
     async def stage(video: Input, model: ServedModel, deadline: float | None) -> Decoded:
         spec = model.tagger.spec
         if pool.busy or pool.pending:  # under load the cores are taken: one decoder per clip
             spec = replace(spec, threads=1)
-        res = await pool.decode(video, spec, limits, deadline)
+        # Split only while most workers idle: under load every share would plan the clip again
+        # for nothing, as the other workers have clips of their own.
+        quiet = not pool.pending and 2 * pool.busy < pool.workers_alive
+        n = min(shares, pool.idle) if quiet else 1
+        if n > 1:
+            parts = await asyncio.gather(
+                *(
+                    pool.decode(video, replace(spec, threads=1, share=(i, n)), limits, deadline)
+                    for i in range(n)
+                ),
+                return_exceptions=True,
+            )
+            clip = merge_shares([p.clip if isinstance(p, DecodedResult) else p for p in parts])
+        else:
+            clip = (await pool.decode(video, spec, limits, deadline)).clip
         if device is None:
-            return res.clip, preprocess(res.clip.frames, model.meta.input), res.clip.seconds
-        return (
-            res.clip,
-            frames_on_device(res.clip.frames, model.meta.input, device),
-            res.clip.seconds,
-        )
+            return clip, preprocess(clip.frames, model.meta.input), clip.seconds
+        return clip, frames_on_device(clip.frames, model.meta.input, device), clip.seconds
 
     return stage
 
