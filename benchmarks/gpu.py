@@ -563,15 +563,18 @@ class Config:
     runtime: str  # "auto": no --runtime flag
     memory: bool = False  # this configuration runs the memory phase
     servers: int = 1  # vidtag serve --server-processes
+    shares: int | None = None  # vidtag serve --decode-shares (None: the server's default)
 
     @property
     def label(self) -> str:
-        return f"{self.model.label} / {decoder_name(self.decoder, self.servers)} / {self.runtime}"
+        name = decoder_name(self.decoder, self.servers, self.shares)
+        return f"{self.model.label} / {name} / {self.runtime}"
 
 
-def decoder_name(decoder: str, servers: int = 1) -> str:
-    """The decoder column: `nvdec`, or `nvdec x4` for four server processes."""
-    return decoder if servers == 1 else f"{decoder} x{servers}"
+def decoder_name(decoder: str, servers: int = 1, shares: int | None = None) -> str:
+    """The decoder column: `nvdec`, `nvdec x4` for four server processes, `nvdec s1` for
+    --decode-shares 1."""
+    return decoder + (f" x{servers}" if servers > 1 else "") + (f" s{shares}" if shares else "")
 
 
 def clip_folder(args: argparse.Namespace) -> Path:
@@ -612,6 +615,8 @@ def serve_args(cfg: Config, args: argparse.Namespace, help_text: str) -> list[st
         a += ["--allow-path-root", str(clip_folder(args))]  # the latency phase's path row
     if cfg.servers > 1:
         a += ["--server-processes", str(cfg.servers)]
+    if cfg.shares is not None and has_flag(help_text, "--decode-shares"):
+        a += ["--decode-shares", str(cfg.shares)]
     return a + list(args.serve_arg)
 
 
@@ -718,6 +723,7 @@ def run_config(
         "model_input": cfg.model.input,
         "decoder": cfg.decoder,
         "servers": cfg.servers,
+        "shares": cfg.shares,
         "runtime": cfg.runtime,
         "serve_args": extra,
         "server_log": str(logs / "server.log"),
@@ -811,7 +817,7 @@ def _print_step(c: int, s: dict[str, Any]) -> None:
 
 
 def _dec(c: dict[str, Any]) -> str:
-    return decoder_name(c["decoder"], c.get("servers", 1))
+    return decoder_name(c["decoder"], c.get("servers", 1), c.get("shares"))
 
 
 def evaluate_bars(
@@ -1046,6 +1052,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="vidtag serve --server-processes, one configuration each (1; e.g. 1,4)",
     )
     p.add_argument(
+        "--decode-shares",
+        type=_ints,
+        default=None,
+        metavar="N,...",
+        help="vidtag serve --decode-shares, one configuration each (the server's default; "
+        "e.g. 1,4)",
+    )
+    p.add_argument(
         "--connections",
         type=int,
         default=1,
@@ -1093,6 +1107,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     known = {"default", R2P1D, *DECODERS, *RUNTIMES, *PHASES}
     if not args.server_processes or min(args.server_processes) < 1 or args.connections < 1:
         p.error("--server-processes and --connections take numbers >= 1")
+    if args.decode_shares is not None and (not args.decode_shares or min(args.decode_shares) < 1):
+        p.error("--decode-shares takes numbers >= 1")
     bad = [i for i in args.throughput_inputs if i not in LATENCY_STEPS]
     if bad or not args.throughput_inputs:
         p.error(f"--throughput-inputs takes {', '.join(LATENCY_STEPS)}, not {bad or 'nothing'}")
@@ -1208,7 +1224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         }
                     )
                     continue
-                configs += [Config(m, dec, rt, servers=n) for n in args.server_processes]
+                configs += [
+                    Config(m, dec, rt, servers=n, shares=k)
+                    for n in args.server_processes
+                    for k in args.decode_shares or [None]
+                ]
     for m in models:  # memory: the first configuration that runs per model
         first = next((c for c in configs if c.model is m), None)
         if first is not None:

@@ -101,6 +101,8 @@ def test_bars_pass_and_fail_on_the_issue_numbers() -> None:
     # A configuration of several server processes says so where its numbers are quoted.
     multi = _config("r2plus1d_18", {"64": _step(700, 60, 140)}) | {"servers": 4}
     assert gpu.evaluate_bars([multi], dry=False)[2]["where"] == "nvdec x4 / auto, c=64"
+    shared = multi | {"shares": 1}
+    assert gpu.evaluate_bars([shared], dry=False)[2]["where"] == "nvdec x4 s1 / auto, c=64"
     # Without a path row, the path bar fails as not measured.
     (bytes_bar, path_bar) = gpu.evaluate_bars(
         [_config("default", {"1": _step(60, 18, 30)})], False
