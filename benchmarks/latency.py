@@ -2,9 +2,10 @@
 
 Starts `vidtag serve` on a free port (bundled default model unless --models), generates a
 30 s 540x960 H.264 clip with a keyframe every 4 s, sends it N times one after another and prints
-client-side p50/p90/p99/max with the server-side stage split (decode, inference, rest).
+client-side p50/p90/p99/max with the server-side stage split (decode, inference, rest), for
+each input: `bytes` (the clip uploaded) and `path` (its file named, read by the decoder).
 
-    python benchmarks/latency.py --requests 50
+    python benchmarks/latency.py --requests 50 [--inputs bytes,path] [--decode-shares 2]
 """
 
 from __future__ import annotations
@@ -55,12 +56,21 @@ def main() -> None:
     ap.add_argument(
         "--decode-threads", type=int, help="decoders per clip while idle (server default if unset)"
     )
+    ap.add_argument(
+        "--decode-shares", type=int, help="decode processes per clip while idle (server default)"
+    )
+    ap.add_argument("--workers", type=int, default=2, help="decode processes (default: 2)")
+    ap.add_argument("--inputs", default="bytes,path", help="bytes, path or both (default)")
     args = ap.parse_args()
+    inputs = [i.strip() for i in args.inputs.split(",") if i.strip()]
+    if not inputs or set(inputs) - {"bytes", "path"}:
+        ap.error("--inputs takes bytes, path or bytes,path")
 
     repo = Path(args.models)
     name = resolve_model(repo).parent.name
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(args.clip) if args.clip else _clip(Path(tmp), args.seconds)
+        clip = clip.resolve()
         data = clip.read_bytes()
         config = ServeConfig(
             host="127.0.0.1",
@@ -68,40 +78,44 @@ def main() -> None:
             model_repository=repo,
             model_name=name,
             metrics_port=0,
+            workers=args.workers,
             decode_threads=args.decode_threads,
+            decode_shares=args.decode_shares,
+            allowed_path_roots=(clip.parent,),
         )
-        lat, stages = [], []
+        print(f"clip: {clip.name} {len(data) / 1e6:.2f} MB, {args.seconds:.0f} s 540x960 h264")
+        print(
+            f"requests: {args.requests} sequential per input, model {name}, "
+            f"{config.workers} decode processes, {config.resolved_decode_threads} decoder "
+            f"threads and {config.resolved_decode_shares('pyav')} processes per clip"
+        )
         with (
             running_server(config) as (server, _),
             VidtagClient(f"127.0.0.1:{server.port}", timeout=30) as client,
         ):
-            client.tag(data)  # one request to open the channel
-            for _ in range(args.requests):
-                t0 = time.perf_counter()
-                res = client.tag(data)
-                lat.append((time.perf_counter() - t0) * 1000)
-                stages.append(
-                    (
-                        res.timings["decode"] * 1000,
-                        res.timings["inference"] * 1000,
-                        res.timings["total"] * 1000,
-                    )
+            for how in inputs:
+                send = (
+                    (lambda: client.tag(data)) if how == "bytes" else lambda: client.tag_path(clip)
                 )
-    lat_a = np.asarray(lat)
-    st = np.asarray(stages)
-    p = {q: float(np.percentile(lat_a, q)) for q in (50, 90, 99)}
-    print(f"clip: {clip.name} {len(data) / 1e6:.2f} MB, {args.seconds:.0f} s 540x960 h264 gop 4s")
-    print(
-        f"requests: {args.requests} sequential, model {name}, "
-        f"{config.resolved_decode_threads} decoders per clip"
-    )
-    print(
-        f"end-to-end ms: p50 {p[50]:.1f}  p90 {p[90]:.1f}  p99 {p[99]:.1f}  max {lat_a.max():.1f}"
-    )
+                for _ in range(3):  # open the channel, warm the path
+                    send()
+                lat, stages = [], []
+                for _ in range(args.requests):
+                    t0 = time.perf_counter()
+                    res = send()
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    t = res.timings
+                    stages.append((t["decode"] * 1000, t["inference"] * 1000, t["total"] * 1000))
+                _report(how, np.asarray(lat), np.asarray(stages))
+
+
+def _report(how: str, lat: np.ndarray, st: np.ndarray) -> None:
+    p = {q: float(np.percentile(lat, q)) for q in (50, 90, 99)}
     dec, inf, tot = (float(np.median(st[:, i])) for i in range(3))
-    rest = float(np.median(lat_a - st[:, 0] - st[:, 1]))
+    rest = float(np.median(lat - st[:, 0] - st[:, 1]))
     print(
-        f"median split ms: decode {dec:.1f}  inference {inf:.1f}  "
+        f"{how:>5}: end-to-end ms p50 {p[50]:.1f}  p90 {p[90]:.1f}  p99 {p[99]:.1f}  "
+        f"max {lat.max():.1f} | median decode {dec:.1f}  inference {inf:.1f}  "
         f"server other {tot - dec - inf:.1f}  transport+client+server other {rest:.1f}"
     )
 
