@@ -26,11 +26,16 @@
 #       "build/gpu-bench/wheels-min", "src/vidtag/v1/tagger_pb2.py",
 #       "src/vidtag/v1/tagger_pb2_grpc.py", "src/vidtag/v1/tagger_pb2.pyi"], timeout_s=600)
 #
-# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). One process against
-# four on the same machine, in one call of ~5 minutes:
-#   bash scripts/gpu_check.sh --only r2plus1d_18,default,nvdec --nvdec-workers 16 \
+# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Two calls of
+# ~5 minutes each on one warm machine: the concurrency-1 latency with a clip decoded by one
+# NVDEC process against split over four (--decode-shares), then one server process against
+# four for throughput:
+#   bash scripts/gpu_check.sh --only default,nvdec --nvdec-workers 16 --decode-shares 1,4 \
+#     --throughput-inputs bytes,path --latency-s 6 --step-s 4 --skip memory --minutes 4.5
+#   bash scripts/gpu_check.sh --only r2plus1d_18,nvdec --nvdec-workers 16 \
 #     --server-processes 1,4 --throughput-inputs bytes,path --latency-s 4 --step-s 4 \
-#     --skip memory --minutes 4.5 Writes gpu.json,
+#     --skip memory --minutes 4.5
+# Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
 # build/gpu-bench/. Exit status: gpu.py's (0 every bar passed, 1 a bar failed, 2 nothing ran),
 # or 2 when the environment is not usable (said why).
