@@ -107,7 +107,8 @@ class ServeConfig:
     # plans the clip, decodes its group of GOPs; `vidtag.decode.shares`): lower latency on an
     # idle server at the price of planning the clip once per share. None = 4 with NVDEC
     # processes (threads of one process do not speed NVDEC up), 1 (never) with PyAV, whose
-    # `decode_threads` share the GOPs inside one process.
+    # `decode_threads` share the GOPs inside one process: on 2 cores, 2 workers, c=1, 30 s
+    # 540x960 clip, 2 shares decoded in 65-68 ms median against 59-63 undivided.
     decode_shares: int | None = None
     # Server processes sharing the port (SO_REUSEPORT), each with its own event loop, model
     # and share of the decoders: one process tops out at a few hundred requests/s.
