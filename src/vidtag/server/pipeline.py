@@ -168,7 +168,7 @@ def pool_decode_stage(
             spec = replace(spec, threads=1)
         # Split only while most workers idle: under load every share would plan the clip again
         # for nothing, as the other workers have clips of their own.
-        quiet = not pool.pending and 2 * pool.busy < pool.workers_alive
+        quiet = shares > 1 and not pool.pending and 2 * pool.busy < pool.workers_alive
         n = min(shares, pool.idle) if quiet else 1
         if n > 1:
             parts = await asyncio.gather(
