@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -183,3 +184,52 @@ def test_fill_stays_inside_its_gop() -> None:
     gop = [i // 10 for i in plan.chosen]
     assert len(set(plan.chosen)) == 8 and all(i < 60 for i in plan.chosen)
     assert all(plan.prefixes[g * 10] <= 10 for g in set(gop))
+
+
+def test_an_mp4_is_probed_no_further_than_its_header(
+    h264_clip: Path, clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MP4 with a video track: FFmpeg's stream probe stops at the movie box (probesize 32),
+    and the frames are those of the full probe; other containers get the full probe; an
+    open that leaves no sized video stream is done again with the full probe."""
+    import av
+
+    from vidtag.decode import pyav_backend
+
+    opened: list[dict[str, str]] = []
+    real_open = av.open
+
+    def spy(*args: object, **kw: dict[str, str]) -> object:
+        opened.append(dict(kw["options"]))
+        return real_open(*args, **kw)  # type: ignore[call-overload]
+
+    spec = SamplingSpec(frames=4, height=32, width=32)
+    full = sample_frames(h264_clip.read_bytes(), spec)  # before the spy: reference frames
+    webm = encode_clip(clip_dir / "probe.webm", codec="libvpx-vp9", seconds=1.0)
+    monkeypatch.setattr(pyav_backend.av, "open", spy)
+    got = sample_frames(h264_clip.read_bytes(), spec)
+    assert [o.get("probesize") for o in opened] == ["32"]
+    assert np.array_equal(got.frames, full.frames) and got.timestamps == full.timestamps
+
+    opened.clear()
+    sample_frames(webm, spec)
+    assert [o.get("probesize") for o in opened] == [None]
+
+    class Sizeless:  # what a header that names no frame size would leave
+        streams = SimpleNamespace(video=())
+        closed = False
+
+        def close(self) -> None:
+            Sizeless.closed = True
+
+    def header_only_fails(*args: object, **kw: dict[str, str]) -> object:
+        opened.append(dict(kw["options"]))
+        if kw["options"].get("probesize"):
+            return Sizeless()
+        return real_open(*args, **kw)  # type: ignore[call-overload]
+
+    opened.clear()
+    monkeypatch.setattr(pyav_backend.av, "open", header_only_fails)
+    again = sample_frames(h264_clip.read_bytes(), spec)
+    assert [o.get("probesize") for o in opened] == ["32", None] and Sizeless.closed
+    assert np.array_equal(again.frames, full.frames)

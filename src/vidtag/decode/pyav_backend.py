@@ -52,11 +52,11 @@ def _open(source: Input, limits: DecodeLimits) -> Any:
 ALL_TRACKS_FACTOR = 16
 
 
-def check_sample_counts(src: Source) -> None:
+def check_sample_counts(src: Source) -> bool:
     """LimitExceeded for an MP4/MOV whose tables claim more samples than the limits allow,
     before FFmpeg allocates an index entry for each of them; InvalidVideo for movie or
     fragment boxes out of place. Every input is walked: FFmpeg recognises an MP4 behind
-    leading boxes of any type."""
+    leading boxes of any type. True when the walk found a video track."""
     limits = src.limits
     try:
         counts = mp4.sample_counts(src.read, src.size)
@@ -72,6 +72,7 @@ def check_sample_counts(src: Source) -> None:
     bound = ALL_TRACKS_FACTOR * limits.max_packets  # all tracks: what FFmpeg would index
     if (claimed := sum(t.samples for t in counts)) > bound:
         raise LimitExceeded(f"the tracks claim {claimed} samples; the limit is {bound}")
+    return any(t.handler == b"vide" for t in counts)
 
 
 def open_container(src: Source, light_probe: bool = False) -> Any:
@@ -82,17 +83,31 @@ def open_container(src: Source, light_probe: bool = False) -> Any:
     `light_probe`: FFmpeg's stream probe reads headers but decodes no picture. Probing an H.264
     track otherwise decodes its first keyframe only to learn the pixel format (12.9 ms of a
     13 ms open for a 540x960 clip here; 1.4 ms without), so `stream.codec_context.format` stays
-    None until a frame is decoded; size, rate and time base are known either way."""
-    check_sample_counts(src)
-    handle = src.handle
+    None until a frame is decoded; size, rate and time base are known either way. An MP4/MOV
+    with a video track is then probed no further than its header (`probesize` 32: the movie
+    box names every codec, size, rate and extradata; 0.34 instead of 1.86 ms for a 30 s
+    540x960 upload here), and opened again with the full probe should that leave no video
+    stream with a frame size."""
+    mp4_video = check_sample_counts(src)
     # Nothing is fetched: bytes arrive through our own I/O and need no protocol, a path needs
     # `file` only, so a playlist (HLS) or concat list inside an input opens no URL.
-    protocols = "file" if isinstance(handle, str) else "none"
+    protocols = "file" if isinstance(src.handle, str) else "none"
     options = {"max_pixels": str(src.limits.max_pixels), "protocol_whitelist": protocols}
     if light_probe:
         options["skip_frame"] = "all"  # a codec option: reaches only the probing decoders
+    if light_probe and mp4_video:
+        container = _av_open(src, {**options, "probesize": "32"})
+        if any(
+            s.codec_context is not None and s.codec_context.width for s in container.streams.video
+        ):
+            return container
+        container.close()
+    return _av_open(src, options)
+
+
+def _av_open(src: Source, options: dict[str, str]) -> Any:
     try:
-        return av.open(handle, mode="r", metadata_errors="ignore", options=options)
+        return av.open(src.handle, mode="r", metadata_errors="ignore", options=options)
     except Exception as exc:
         raise InvalidVideo(f"not a readable video container: {exc}") from exc
 

@@ -35,11 +35,15 @@ class Source:
     def __init__(self, source: Input, limits: DecodeLimits):
         self._fd: int | None = None
         self._buf: memoryview | None = None
+        self._bytes: bytes | None = None
         self.limits = limits
         if isinstance(source, bytes | bytearray | memoryview):
             self.size = len(source)
             self._check(limits)
             self._buf = memoryview(source)
+            # BytesIO shares a bytes object's buffer until written to; anything else it copies
+            # (a 3.7 MB upload: 0.56 ms a copy, once per open).
+            self._bytes = source if isinstance(source, bytes) else None
             self._path: str | None = None
             return
         if isinstance(source, FileRef):
@@ -65,7 +69,10 @@ class Source:
     @property
     def handle(self) -> Any:
         """What av.open reads: the path, or a fresh stream over the bytes."""
-        return self._path if self._path is not None else io.BytesIO(self._buf)  # type: ignore[arg-type]
+        if self._path is not None:
+            return self._path
+        assert self._buf is not None
+        return io.BytesIO(self._bytes if self._bytes is not None else self._buf)
 
     def _check(self, limits: DecodeLimits) -> None:
         if self.size > limits.max_bytes:
