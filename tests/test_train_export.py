@@ -213,3 +213,23 @@ def test_train_list_prints_networks_and_heads(capsys: pytest.CaptureFixture[str]
         assert name in names
     for name in ("bce", "warp", "lsep", "c2ae", "cnn_rnn", "scnn_rnn", "ria"):
         assert name in names
+
+
+def test_multi_gpu_runs_normalise_over_the_global_batch() -> None:
+    """torchrun on CUDA: every BatchNorm becomes a SyncBatchNorm with the same state-dict keys
+    (checkpoints and the export see plain BatchNorm); one rank, or gloo on CPU, keeps BN."""
+    import torch
+
+    from vidtag.nets.registry import create_model
+    from vidtag.train.trainer import sync_batchnorm
+
+    net = create_model("x2plus1d_xs", num_classes=5)
+    keys = list(net.state_dict())
+    bns = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    assert bns > 0
+    for device, world in ((torch.device("cpu"), 2), (torch.device("cuda"), 1)):
+        same = sync_batchnorm(net, device, world)
+        assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in same.modules())
+    synced = sync_batchnorm(net, torch.device("cuda", 1), 2)
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == bns
+    assert list(synced.state_dict()) == keys

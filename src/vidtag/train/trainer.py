@@ -314,6 +314,16 @@ def _init_distributed(cfg: TrainConfig) -> torch.device:
     return device
 
 
+def sync_batchnorm(net: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """`net` with SyncBatchNorm for a multi-GPU run: each BatchNorm normalises over the global
+    batch, not a rank's slice of it (the same weights and state-dict keys: checkpoints and the
+    export see plain BatchNorm). PyTorch has no CPU SyncBatchNorm, so gloo ranks keep per-rank
+    statistics (2 CPU ranks x batch 8 trail 1 x 16 slightly; README)."""
+    if world > 1 and device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return net
+
+
 def _rank_batches(
     n: int, size: int, rng: np.random.Generator, rank: int, world: int
 ) -> list[np.ndarray]:
@@ -346,7 +356,7 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)  # same on every rank: the same permutation
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * rank)
     ispec = input_spec(cfg)
-    net = build_net(cfg).to(device)
+    net = sync_batchnorm(build_net(cfg), device, world).to(device)
     if fast_layout:
         for_cpu_training(net, use_amp)
     stride = int(getattr(net, "aux_stride", 0)) if cfg.aux_masks > 0 else None
