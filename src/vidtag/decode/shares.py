@@ -43,7 +43,7 @@ def share_plan(
         prefixes=mine,
         targets=plan.targets,
         chosen=tuple(plan.chosen[p] for p in positions),
-        cost=float(sum(costs[s : s + n_].sum() for s, n_ in mine.items())),
+        cost=float(sum(costs[start : start + length].sum() for start, length in mine.items())),
     )
     return part, positions
 
