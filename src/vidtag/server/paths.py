@@ -29,7 +29,7 @@ from vidtag.server.errors import RpcFailure
 
 
 class PathInputs:
-    """Reads `path` inputs for the servicer, or refuses them with a status and a reason."""
+    """Checks `path` inputs for the servicer, or refuses them with a status and a reason."""
 
     def __init__(self, roots: Sequence[Path], max_bytes: int) -> None:
         self.roots = tuple(Path(os.path.realpath(r)) for r in roots)
@@ -64,29 +64,13 @@ class PathInputs:
             )
 
     def check(self, path: str) -> FileRef:
-        """The file at `path`, checked as `read` checks it but not read (blocking: call off
-        the event loop): a decoder opens it itself and reads only what it needs
-        (`vidtag.decode.source.FileRef`: the same file or an error)."""
+        """The file at `path`, checked but not read (blocking: call off the event loop): a
+        decoder opens it itself and reads only what it needs (`vidtag.decode.source.FileRef`:
+        the same file or an error)."""
         fd, real = self._open(path)
         try:
             info = os.fstat(fd)
             return FileRef(str(real), info.st_dev, info.st_ino, info.st_size)
-        finally:
-            os.close(fd)
-
-    def read(self, path: str) -> bytes:
-        """The bytes of the file at `path` (blocking: call off the event loop)."""
-        fd, _ = self._open(path)
-        try:
-            # One byte more than the cap: a file that grew since fstat is caught, not cut short.
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read(self.max_bytes + 1)
-            if len(data) > self.max_bytes:
-                raise RpcFailure(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"file is over the server's cap of {self.max_bytes} bytes",
-                )
-            return data
         finally:
             os.close(fd)
 
