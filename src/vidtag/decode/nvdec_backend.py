@@ -35,7 +35,7 @@ from vidtag.decode.h264_sps import parse_sps
 from vidtag.decode.index import PacketIndex, ffmpeg_packet
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.mp4 import isobmff_rotation
-from vidtag.decode.planner import Plan, plan_frames
+from vidtag.decode.planner import Plan, plan_frames, served_frames
 from vidtag.decode.pyav_backend import indexed
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.shares import empty_share, share_plan
@@ -814,15 +814,12 @@ def sample_nvdec_cuda(
     if not surfaces:
         raise InvalidVideo("no frame of the video could be decoded")
     # A planned frame that failed to decode is replaced by the nearest one that did.
-    got = np.array(sorted(surfaces), dtype=np.int64)
-    slot = {int(i): k for k, i in enumerate(got)}
-    picks = [
-        i if i in slot else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))])
-        for i in plan.chosen
-    ]
+    picks, stamps, dev = served_frames(index, plan, positions, surfaces.keys())
+    got = sorted(surfaces)
+    slot = {i: k for k, i in enumerate(got)}
     side = session.stream
     with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-        rgb = convert(torch.stack([surfaces[int(i)] for i in got]))  # (decoded, 3, H, W)
+        rgb = convert(torch.stack([surfaces[i] for i in got]))  # (decoded, 3, H, W)
         frames = rgb[[slot[i] for i in picks]]
         as_float = dtype == "float32"
         frames = frames.mul_(1.0 / 255.0) if as_float else frames.round_().to(torch.uint8)
@@ -830,8 +827,6 @@ def sample_nvdec_cuda(
         caller = torch.cuda.current_stream(device)
         caller.wait_stream(side)  # the caller's stream sees finished frames
         frames.record_stream(caller)  # and the allocator keeps them until it is done
-    stamps = tuple(float(index.pts_s[i]) for i in picks)
-    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets)[list(positions)])))
     h, w = index.height, index.width
     return GpuClip(
         frames=frames,

@@ -10,6 +10,7 @@ deblocking and output, plus a per-byte part, entropy decoding; the units of `bud
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,22 @@ def plan_frames(index: PacketIndex, spec: SamplingSpec) -> Plan:
     return Plan(
         prefixes=prefixes, targets=tuple(targets.tolist()), chosen=tuple(chosen), cost=spent
     )
+
+
+def served_frames(
+    index: PacketIndex, plan: Plan, positions: Sequence[int], decoded: Collection[int]
+) -> tuple[list[int], tuple[float, ...], float]:
+    """The packet whose frame serves each of `plan.chosen` (itself, or where it did not decode
+    the decoded packet nearest it in time), their timestamps, and the mean deviation of those
+    from the targets at `positions` (each chosen packet's position among `plan.targets`)."""
+    got = np.array(sorted(decoded), dtype=np.int64)
+    picks = [
+        i if i in decoded else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))])
+        for i in plan.chosen
+    ]
+    stamps = tuple(float(index.pts_s[i]) for i in picks)
+    targets = np.asarray(plan.targets)[list(positions)]
+    return picks, stamps, float(np.mean(np.abs(np.asarray(stamps) - targets)))
 
 
 def split_gops(

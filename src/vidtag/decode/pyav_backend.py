@@ -16,7 +16,7 @@ import numpy as np
 from vidtag.decode import mp4
 from vidtag.decode.index import PacketIndex, build_index
 from vidtag.decode.limits import DecodeLimits
-from vidtag.decode.planner import Plan, packet_ms, plan_frames, split_gops
+from vidtag.decode.planner import Plan, packet_ms, plan_frames, served_frames, split_gops
 from vidtag.decode.result import DecodedClip
 from vidtag.decode.shares import empty_share, share_plan
 from vidtag.decode.source import Input, Source
@@ -362,14 +362,7 @@ def sample_pyav(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> Deco
             pass
         raise InvalidVideo("no frame of the video could be decoded")
     # A planned frame that failed to decode is replaced by the nearest one that did.
-    got = np.array(sorted(frames), dtype=np.int64)
-    picks = []
-    for i in plan.chosen:
-        picks.append(
-            i if i in frames else int(got[np.argmin(np.abs(index.pts_s[got] - index.pts_s[i]))])
-        )
-    stamps = tuple(float(index.pts_s[i]) for i in picks)
-    dev = float(np.mean(np.abs(np.asarray(stamps) - np.asarray(plan.targets)[list(positions)])))
+    picks, stamps, dev = served_frames(index, plan, positions, frames.keys())
     h, w = (index.height, index.width)
     disp_w, disp_h = (h, w) if rotation in (90, 270) else (w, h)
     return DecodedClip(

@@ -49,10 +49,10 @@ class Source:
         if isinstance(source, FileRef):
             self._fd = open_same(source)
             self.size = os.fstat(self._fd).st_size
-            # FFmpeg reads the descriptor we checked, not whatever the name points at now.
-            self._path = f"/proc/self/fd/{self._fd}" if os.path.isdir("/proc/self/fd") else None
-            if self._path is None:
-                self._path = source.path  # no /proc: the name, checked a moment ago
+            # FFmpeg reads the descriptor we checked, not whatever the name points at now
+            # (without /proc: the name, checked a moment ago).
+            proc = f"/proc/self/fd/{self._fd}"
+            self._path = proc if os.path.exists(proc) else source.path
         else:
             path = Path(source)
             if not path.is_file():
