@@ -213,12 +213,13 @@ class Supervisor:
                 p.join()
                 alive.remove(p)
                 code = p.exitcode or 0
+                failed = code if code > 0 else 1  # a signal (negative) counts as 1
                 if not self._stopping:
-                    status = code if code > 0 else 1
+                    status = failed
                     log.error("%s exited (status %s): stopping the others", p.name, code)
                     self._stop()
                 elif code and not status:
-                    status = code if code > 0 else 1
+                    status = failed
         return status
 
 
