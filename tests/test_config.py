@@ -38,10 +38,14 @@ def test_flag_units_and_none(tmp_path: Path) -> None:
     cfg_file = tmp_path / "vidtag.json"
     cfg_file.write_text(json.dumps({"metrics_port": 9999, "max_stream_bytes": 5 * MiB}))
     cfg = config_from_args(
-        _args("--config", str(cfg_file), "--max-receive-mb", "8", "--metrics-port", "-1"),
+        _args(
+            "--config", str(cfg_file), "--max-receive-mb", "8", "--metrics-port", "-1",
+            "--upload-spool-mb", "0.5",
+        ),
         env={"VIDTAG_MAX_CONCURRENT_RPCS": "none"},
-    )
+    )  # fmt: skip
     assert cfg.max_receive_bytes == 8 * MiB and cfg.max_stream_bytes == 5 * MiB
+    assert cfg.upload_spool_bytes == MiB // 2
     assert cfg.metrics_port is None and cfg.max_concurrent_rpcs is None
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
-from vidtag.decode.source import FileRef, Input
+from vidtag.decode.source import FileRef, Input, SpoolRef
 from vidtag.errors import InvalidVideo, LimitExceeded
 from vidtag.runtime.device import nvdec_available
 from vidtag.server.background import LoopThread
 from vidtag.server.decode_pool import (
     PIPE_BUFFER,
+    PROBE,
     TEST_CRASH_MARKER_ENV,
     DecodedResult,
     DecodePool,
@@ -33,6 +34,7 @@ from vidtag.server.decode_pool import (
     _widen,
 )
 from vidtag.server.errors import RpcFailure
+from vidtag.server.spool import supported as spool_supported
 
 T = TypeVar("T")
 MARKER = b"@@vidtag-decode-pool-test@@"
@@ -122,6 +124,47 @@ def test_inputs_larger_than_a_pipe_arrive_whole(
     for got in lt.run(both()):
         assert np.array_equal(got.clip.frames, ref.frames)
     assert lt.read(lambda: pool.restarts) == 0
+
+
+def test_uploads_cross_in_shared_memory_or_the_pipe(
+    lt: Loop, pool: DecodePool, clip_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's pool spools uploads (one copy however many workers read it, segments
+    reused); one with spool_bytes=0, one whose cap the input exceeds and one whose workers
+    cannot map the segments use the pipe, with the same frames."""
+    if not spool_supported():
+        pytest.skip("memfd_create and /proc (Linux)")
+    want = sample_frames(clip_bytes, SPEC, LIMITS).frames
+    before = lt.read(lambda: (pool.spooled, pool.spool_bytes))
+
+    async def twice() -> list[DecodedResult]:  # one object to both workers, as decode shares do
+        return list(await asyncio.gather(decode(pool, clip_bytes), decode(pool, clip_bytes)))
+
+    for got in lt.run(twice()):
+        assert np.array_equal(got.clip.frames, want)
+    after = lt.read(lambda: (pool.spooled, pool.spool_bytes))
+    assert after[0] == before[0] + 1
+    lt.run(decode(pool, clip_bytes))
+    assert lt.read(lambda: pool.spool_bytes) == after[1] > 0  # reused, not grown
+
+    def unreadable(self: DecodePool) -> None:
+        opened(self)
+        self._probe = SpoolRef(os.getpid(), 1 << 20, len(PROBE))  # no such descriptor
+
+    opened = DecodePool._open_spool
+    configs = {"spool off": DecodePoolConfig(workers=1, spool_bytes=0),
+               "over the cap": DecodePoolConfig(workers=1, spool_bytes=len(clip_bytes) // 2),
+               "cannot map": DecodePoolConfig(workers=1)}  # fmt: skip
+    for name, config in configs.items():
+        with monkeypatch.context() as m:
+            if name == "cannot map":
+                m.setattr(DecodePool, "_open_spool", unreadable)
+            other = _start(lt, config, hook=False)
+        try:
+            assert np.array_equal(lt.run(decode(other, clip_bytes)).clip.frames, want), name
+            assert lt.read(lambda o=other: o.spooled) == 0, name
+        finally:
+            lt.run(other.stop())
 
 
 def test_files_are_opened_by_the_worker(

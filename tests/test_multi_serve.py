@@ -28,6 +28,7 @@ def test_each_server_gets_its_share() -> None:
     assert (one.server_processes, one.port, one.workers) == (1, 41234, 2)
     assert (one.metrics_port, one.metrics_host) == (0, "127.0.0.1")  # merged by the supervisor
     assert server_config(cfg, 0, 1).nvdec_workers == -(-cfg.resolved_nvdec_workers // 2)
+    assert server_config(cfg, 0, 1).upload_spool_bytes == cfg.upload_spool_bytes // 2
     assert (
         server_config(ServeConfig(server_processes=2, metrics_port=None), 0, 1).metrics_port is None
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
-from vidtag.decode.source import FileRef, Input, open_same
+from vidtag.decode.source import FileRef, Input, SpoolRef, open_same, spooled_bytes
 from vidtag.decode.spec import SamplingSpec
 from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
 
@@ -66,6 +66,8 @@ def sample_opencv(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> De
     cv2 = _cv2()
     t0 = time.perf_counter()
     tmp: str | None = None
+    if isinstance(source, SpoolRef):
+        source = spooled_bytes(source)
     if isinstance(source, bytes | bytearray | memoryview):
         _check_size(len(source), limits)
         # VideoCapture reads only files: spill the bytes, removed again in `finally`.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
 import stat
 from pathlib import Path
@@ -26,7 +28,16 @@ class FileRef(NamedTuple):
         return self.path
 
 
-Input = bytes | bytearray | memoryview | str | Path | FileRef
+class SpoolRef(NamedTuple):
+    """An upload another process (the server, `vidtag.server.spool`) copied into shared
+    memory: the first `size` bytes of its descriptor `fd`, mapped here read-only."""
+
+    pid: int
+    fd: int
+    size: int
+
+
+Input = bytes | bytearray | memoryview | str | Path | FileRef | SpoolRef
 
 
 class Source:
@@ -36,7 +47,15 @@ class Source:
         self._fd: int | None = None
         self._buf: memoryview | None = None
         self._bytes: bytes | None = None
+        self._map: mmap.mmap | None = None
+        self._path: str | None = None
         self.limits = limits
+        if isinstance(source, SpoolRef):
+            self.size = source.size
+            self._check(limits)
+            self._map = map_spooled(source)
+            self._buf = memoryview(self._map)
+            return
         if isinstance(source, bytes | bytearray | memoryview):
             self.size = len(source)
             self._check(limits)
@@ -44,7 +63,6 @@ class Source:
             # BytesIO shares a bytes object's buffer until written to; anything else it copies
             # (a 3.7 MB upload: 0.56 ms a copy, once per open).
             self._bytes = source if isinstance(source, bytes) else None
-            self._path: str | None = None
             return
         if isinstance(source, FileRef):
             self._fd = open_same(source)
@@ -71,6 +89,9 @@ class Source:
         """What av.open reads: the path, or a fresh stream over the bytes."""
         if self._path is not None:
             return self._path
+        if self._map is not None:  # read in place; the opens of one Source come one by one
+            self._map.seek(0)
+            return self._map
         assert self._buf is not None
         return io.BytesIO(self._bytes if self._bytes is not None else self._buf)
 
@@ -88,6 +109,12 @@ class Source:
         return os.pread(self._fd, size, offset)
 
     def close(self) -> None:
+        if self._map is not None:
+            assert self._buf is not None
+            self._buf.release()
+            with contextlib.suppress(BufferError):  # a view still out: unmapped when collected
+                self._map.close()
+            self._map = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -97,6 +124,27 @@ class Source:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def map_spooled(ref: SpoolRef) -> mmap.mmap:
+    """`ref`'s bytes, mapped read-only (OSError if that process's descriptor cannot be
+    opened from here)."""
+    fd = os.open(f"/proc/{ref.pid}/fd/{ref.fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if os.fstat(fd).st_size < ref.size:
+            raise OSError(f"shared upload segment is shorter than its {ref.size} bytes")
+        return mmap.mmap(fd, ref.size, prot=mmap.PROT_READ)  # stays mapped after the close
+    finally:
+        os.close(fd)
+
+
+def spooled_bytes(ref: SpoolRef) -> bytes:
+    """A copy of `ref`'s bytes (for what needs bytes, not a mapping)."""
+    mapped = map_spooled(ref)
+    try:
+        return bytes(mapped)
+    finally:
+        mapped.close()
 
 
 def open_same(ref: FileRef) -> int:

@@ -96,6 +96,7 @@ def _decode_pool(config: ServeConfig, workers: int, **kw: Any) -> DecodePool:
             workers=workers,
             max_pending=config.decode_queue_size,
             task_timeout_s=2 * _limits(config).max_decode_s,
+            spool_bytes=config.upload_spool_bytes,
             **kw,
         )
     )
@@ -183,6 +184,7 @@ class VidtagServer:
             )
         )
         self.metrics.worker_restarts.set_function(lambda: float(sum(p.restarts for p in pools)))
+        self.metrics.spool_bytes.set_function(lambda: float(sum(p.spool_bytes for p in pools)))
         self.metrics.queue_depth.labels("batch").set_function(
             lambda: float(sum(m.batcher.queue_depth for m in self.models.all()))
         )

@@ -102,6 +102,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--upload-spool-mb",
+        type=float,
+        default=_D.upload_spool_bytes / MiB,
+        metavar="MB",
+        help="shared memory carrying uploads to the decode processes, in MiB, in use and kept "
+        "for reuse; an upload beyond it crosses a pipe, 0: always (default: %(default)g)",
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         default=_D.max_batch_size,
@@ -321,6 +329,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "workers": ("workers", None),
     "decode_processes": ("decode_processes", None),
     "decode_queue_size": ("decode_queue_size", None),
+    "upload_spool_mb": ("upload_spool_bytes", lambda mb: int(mb * MiB)),
     "max_batch_size": ("max_batch_size", None),
     "max_queue_delay_microseconds": ("max_queue_delay_microseconds", None),
     "max_queue_size": ("max_queue_size", None),

@@ -10,9 +10,10 @@ elsewhere), each with two one-way pipes and one task at a time. The asyncio side
 queue and hands tasks to idle workers. Per worker, a writer thread sends each task (so a
 worker that stops reading can never block the event loop) as two messages: a small pickled
 header, then the input's bytes as they are (pickling a 3.7 MB upload cost ~4 ms of the event
-loop per request). A reader thread blocks on the result pipe, unpickles replies off the loop
-and posts them with `call_soon_threadsafe`; EOF on that pipe means the process exited, and the
-reader reaps it and reports the exit status.
+loop per request). An upload goes to the worker through shared memory instead when it can
+(`vidtag.server.spool`), and the header names the segment. A reader thread blocks on the
+result pipe, unpickles replies off the loop and posts them with `call_soon_threadsafe`; EOF on
+that pipe means the process exited, and the reader reaps it and reports the exit status.
 
 Status codes (as `RpcFailure`): pool full -> RESOURCE_EXHAUSTED; the request's own deadline passed
 (while queued or while decoding) -> DEADLINE_EXCEEDED; worker crashed or exceeded
@@ -58,10 +59,12 @@ except ImportError:  # not on Windows
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
-from vidtag.decode.source import Input
+from vidtag.decode.source import Input, SpoolRef, spooled_bytes
 from vidtag.decode.spec import SamplingSpec
 from vidtag.decode.warmup import encode_in_memory
 from vidtag.server.errors import RpcFailure
+from vidtag.server.spool import Segment, UploadSpool
+from vidtag.server.spool import supported as spool_supported
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,14 @@ class DecodePoolConfig:
     # 43, best threads 68 at 4; benchmarks/nvdec_profile.py).
     backend: str = "pyav"
     gpu_id: int = 0  # the CUDA device NVDEC workers decode on
+    # Shared memory for uploads on their way to a worker (`vidtag.server.spool`), in use and
+    # kept for reuse; an upload beyond it, or any with 0, crosses the pipe.
+    spool_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_pending < 0 or self.max_tasks_per_worker < 0:
+            raise ValueError(f"invalid decode pool config: {self}")
+        if self.spool_bytes < 0:
             raise ValueError(f"invalid decode pool config: {self}")
         if self.task_timeout_s <= 0 or self.start_timeout_s <= 0:
             raise ValueError(f"invalid decode pool config: {self}")
@@ -104,9 +112,9 @@ class DecodedResult:
 
 # --------------------------------------------------------------------------------------------
 # Worker process side. Tasks: a pickled header (task_id, spec, limits, file), then the input's
-# bytes as one raw message (empty when `file`, a path or FileRef, names the input); a pickled
-# None alone: exit.
-# Replies: ("ready", pid) | ("failed", reason: warm-up, then exit)
+# bytes as one raw message (empty when `file`, a path, FileRef or SpoolRef, names the input); a
+# pickled None alone: exit.
+# Replies: ("ready", pid, reads the spool) | ("failed", reason: warm-up, then exit)
 # | ("ok", task_id, clip)
 # | ("err", task_id, pickled exception or None, type name, message, formatted traceback).
 
@@ -120,6 +128,7 @@ def _worker_main(
     gpu_id: int,
     examples: tuple[bytes, ...] = (),
     example_spec: SamplingSpec | None = None,
+    probe: SpoolRef | None = None,
 ) -> None:
     # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -140,7 +149,7 @@ def _worker_main(
             # Best effort: the backend works (above); an example it cannot decode costs nothing.
             with contextlib.suppress(Exception):
                 sample_frames(clip, example_spec, None, backend)
-    results.send(("ready", os.getpid()))
+    results.send(("ready", os.getpid(), probe is not None and _reads(probe)))
     while True:
         try:
             msg = tasks.recv()
@@ -158,6 +167,8 @@ def _worker_main(
             return
         task_id, spec, limits, file = msg
         try:
+            if marker is not None and isinstance(file, SpoolRef):
+                data, file = spooled_bytes(file), None  # the test hook reads the bytes
             if marker is not None and data.startswith(marker):
                 data = _test_hook(data[len(marker) :])
             source = data if file is None else file
@@ -170,6 +181,18 @@ def _worker_main(
             return
         except Exception as exc:  # the reply does not pickle
             results.send(("err", task_id, *_pack_error(exc)))
+
+
+PROBE: Final = b"vidtag upload spool probe"
+
+
+def _reads(probe: SpoolRef) -> bool:
+    """Whether this process can map the server's shared segments (a hardened /proc may say
+    no: uploads then cross the pipe)."""
+    try:
+        return spooled_bytes(probe) == PROBE
+    except (OSError, ValueError):
+        return False
 
 
 def _pack_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -243,8 +266,10 @@ def _warm_up(backend: str) -> None:
 @dataclass(eq=False)
 class _Task:
     id: int
-    header: bytes  # pickled (id, spec, limits, file)
-    data: bytes | bytearray | memoryview  # the input, sent as it is after the header
+    spec: SamplingSpec
+    limits: DecodeLimits
+    file: Input | None  # what the worker opens itself, or None: `data`
+    data: bytes | bytearray | memoryview  # the input's bytes (spooled or piped)
     future: asyncio.Future[DecodedResult]
     deadline: float | None  # time.monotonic()
     deadline_timer: asyncio.TimerHandle | None = None
@@ -266,6 +291,8 @@ class _Worker:
     killed: bool = False  # killed for a timeout; its task has been failed already
     closed: bool = False
     failure: str | None = None  # why its warm-up failed (the worker then exits)
+    maps_spool: bool = False  # it maps the pool's shared segments (said when ready)
+    segment: Segment | None = None  # holding its task's upload until it replies or exits
 
     @property
     def serving(self) -> bool:
@@ -335,6 +362,8 @@ class DecodePool:
         self._recycled = 0
         self._examples: tuple[bytes, ...] = ()
         self._example_spec: SamplingSpec | None = None
+        self._spool: UploadSpool | None = None
+        self._probe: SpoolRef | None = None
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -367,6 +396,19 @@ class DecodePool:
         return len(self._queue)
 
     @property
+    def spool_bytes(self) -> int:
+        """Shared memory held for uploads (in use and kept for reuse)."""
+        return self._spool.allocated if self._spool is not None else 0
+
+    @property
+    def spooled(self) -> int:
+        """Uploads copied into shared memory for the workers so far (one split between
+        workers once)."""
+        if self._spool is None:
+            return 0
+        return self._spool.spooled - (self._probe is not None)
+
+    @property
     def worker_pids(self) -> tuple[int, ...]:
         return tuple(w.pid for w in self._workers if not w.closed)
 
@@ -394,6 +436,7 @@ class DecodePool:
             log.warning("decode pool test hook is on (%s is set)", TEST_CRASH_MARKER_ENV)
         self._running = True
         self._starting = True
+        self._open_spool()
         try:
             first = [self._spawn() for _ in range(self.config.workers)]
             await asyncio.wait_for(
@@ -430,6 +473,8 @@ class DecodePool:
         for w in workers:
             self._close(w)
         self._workers.clear()
+        if self._spool is not None:
+            self._spool.close()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -464,8 +509,7 @@ class DecodePool:
         file, payload = (
             (None, data) if isinstance(data, bytes | bytearray | memoryview) else (data, b"")
         )
-        header = pickle.dumps((self._next_id, spec, limits, file), _PROTOCOL)
-        task = _Task(self._next_id, header, payload, loop.create_future(), deadline)
+        task = _Task(self._next_id, spec, limits, file, payload, loop.create_future(), deadline)
         if deadline is not None:
             task.deadline_timer = loop.call_later(
                 max(deadline - time.monotonic(), 0.0), self._on_deadline, task
@@ -496,8 +540,14 @@ class DecodePool:
             worker.timer = self._loop.call_later(
                 self.config.task_timeout_s, self._on_timeout, worker, task
             )
-            worker.writer.submit(_send, worker.tasks, task.header, task.data)
-            task.header = task.data = b""
+            file, data = task.file, task.data
+            if file is None and worker.maps_spool and self._spool is not None:
+                worker.segment = self._spool.put(data)
+                if worker.segment is not None:
+                    file, data = worker.segment.ref(), b""
+            header = pickle.dumps((task.id, task.spec, task.limits, file), _PROTOCOL)
+            worker.writer.submit(_send, worker.tasks, header, data)
+            task.data = b""
 
     def _on_deadline(self, task: _Task) -> None:
         if task.future.done():
@@ -530,7 +580,8 @@ class DecodePool:
 
     # -- worker events (posted by reader threads) -------------------------------------------
 
-    def _on_ready(self, worker: _Worker) -> None:
+    def _on_ready(self, worker: _Worker, maps_spool: bool) -> None:
+        worker.maps_spool = maps_spool
         if not worker.ready.done():
             worker.ready.set_result(None)
         self._start_failures = 0
@@ -541,6 +592,7 @@ class DecodePool:
         if task is None or (task_id is not None and task.id != task_id):
             return  # a reply for a task already failed (timeout) or from a stopped pool
         self._cancel_timer(worker)
+        self._release(worker)  # it has read its input
         worker.task = None
         worker.done += 1
         if isinstance(outcome, BaseException):
@@ -560,6 +612,7 @@ class DecodePool:
             return
         self._workers.remove(worker)
         self._cancel_timer(worker)
+        self._release(worker)
         self._close(worker)
         task, worker.task = worker.task, None
         how = _describe_exit(exitcode)
@@ -606,6 +659,20 @@ class DecodePool:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _open_spool(self) -> None:
+        """Shared memory for uploads, if the config and the platform allow (see `spool`); the
+        workers report at start whether they can map its probe."""
+        if not self.config.spool_bytes or not spool_supported():
+            return
+        self._spool = UploadSpool(self.config.spool_bytes)
+        probe = self._spool.put(PROBE)  # held until stop(), its one page resident
+        self._probe = probe.ref() if probe is not None else None
+
+    def _release(self, worker: _Worker) -> None:
+        if worker.segment is not None and self._spool is not None:
+            self._spool.release(worker.segment)
+        worker.segment = None
+
     def _replace(self) -> None:
         if not self._running:
             return
@@ -639,6 +706,7 @@ class DecodePool:
                 self.config.gpu_id,
                 self._examples,
                 self._example_spec,
+                self._probe,
             ),
             name="vidtag-decode",
             daemon=True,
@@ -677,7 +745,7 @@ class DecodePool:
                 continue
             kind = msg[0]
             if kind == "ready":
-                self._post(self._on_ready, worker)
+                self._post(self._on_ready, worker, bool(msg[2]))
             elif kind == "failed":
                 worker.failure = msg[1]  # read by _on_exit, posted after this
             elif kind == "ok":

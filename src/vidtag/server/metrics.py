@@ -52,6 +52,11 @@ class Metrics:
             "Decode worker processes replaced after a crash or hang (monotonic).",
             registry=r,
         )
+        self.spool_bytes = Gauge(
+            "vidtag_upload_spool_bytes",
+            "Shared memory carrying uploads to decode workers (in use and kept for reuse).",
+            registry=r,
+        )
         self.model_info = Gauge(
             "vidtag_model_info", "Loaded models (value 1), with their identity as labels.",
             ["name", "version", "arch", "default"], registry=r,

@@ -55,6 +55,7 @@ def server_config(config: ServeConfig, index: int, port: int) -> ServeConfig:
         port=port,
         workers=math.ceil(config.workers / n),
         nvdec_workers=math.ceil(config.resolved_nvdec_workers / n),
+        upload_spool_bytes=math.ceil(config.upload_spool_bytes / n),
         metrics_port=0 if config.metrics_port is not None else None,
         metrics_host="127.0.0.1",
     )
