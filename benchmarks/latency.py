@@ -6,6 +6,7 @@ client-side p50/p90/p99/max with the server-side stage split (decode, inference,
 each input: `bytes` (the clip uploaded) and `path` (its file named, read by the decoder).
 
     python benchmarks/latency.py --requests 50 [--inputs bytes,path] [--decode-shares 2]
+        [--upload-spool-mb 0]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import numpy as np
 from vidtag.client.grpc_client import VidtagClient
 from vidtag.runtime.repository import default_repository, resolve_model
 from vidtag.server.background import running_server
-from vidtag.server.config import ServeConfig
+from vidtag.server.config import MiB, ServeConfig
 from vidtag.synth import generate
 
 
@@ -60,6 +62,9 @@ def main() -> None:
         "--decode-shares", type=int, help="decode processes per clip while idle (server default)"
     )
     ap.add_argument("--workers", type=int, default=2, help="decode processes (default: 2)")
+    ap.add_argument(
+        "--upload-spool-mb", type=float, help="shared memory for uploads (server default; 0: pipe)"
+    )
     ap.add_argument("--inputs", default="bytes,path", help="bytes, path or both (default)")
     args = ap.parse_args()
     inputs = [i.strip() for i in args.inputs.split(",") if i.strip()]
@@ -83,11 +88,14 @@ def main() -> None:
             decode_shares=args.decode_shares,
             allowed_path_roots=(clip.parent,),
         )
+        if args.upload_spool_mb is not None:
+            config = replace(config, upload_spool_bytes=int(args.upload_spool_mb * MiB))
         print(f"clip: {clip.name} {len(data) / 1e6:.2f} MB, {args.seconds:.0f} s 540x960 h264")
         print(
             f"requests: {args.requests} sequential per input, model {name}, "
             f"{config.workers} decode processes, {config.resolved_decode_threads} decoder "
-            f"threads and {config.resolved_decode_shares('pyav')} processes per clip"
+            f"threads and {config.resolved_decode_shares('pyav')} processes per clip, upload "
+            f"spool {config.upload_spool_bytes / MiB:g} MiB"
         )
         with (
             running_server(config) as (server, _),
