@@ -11,7 +11,9 @@ gRPC, no server. Sections, each timed and kept in one JSON (rewritten after ever
   variant (flush after every GOP or once per clip; NATIVE, LOW or ZERO display latency), and
   whether a variant's frames equal the first variant's;
 - threads: clips/s and per-clip p50 with N threads sharing one process (one session each);
-- processes: clips/s with N processes of one thread each.
+- processes: clips/s with N processes of one thread each, and the CPU time they spent per clip,
+  for each way of waiting for the GPU in `--waits` (`vidtag.runtime.device.set_cuda_waits`:
+  CUDA's default "auto" spins a core through every wait).
 
     python benchmarks/nvdec_profile.py --out build/gpu-bench/nvdec-profile.json
     python benchmarks/nvdec_profile.py --fake   # CPU smoke run: tests/nvdec_fake.py, no GPU
@@ -328,34 +330,48 @@ def threads(
 
 
 def _proc(
-    paths: list[str], fake: bool, ready: Any, go: Any, seconds: float, out: Any, kw: dict[str, Any]
+    paths: list[str],
+    fake: bool,
+    ready: Any,
+    go: Any,
+    seconds: float,
+    out: Any,
+    waits: str,
+    kw: dict[str, Any],
 ) -> None:
     try:
+        if not fake and waits != "auto":
+            from vidtag.runtime.device import set_cuda_waits
+
+            set_cuda_waits(0, waits)  # before this process's CUDA context exists
         spec, _ = default_spec()
         data = [Path(p).read_bytes() for p in paths]
         pool = make_pool(fake, **kw)
         _loop(pool, data[:1], spec, time.perf_counter() + 0.01, fake)
         ready.put(1)
         go.wait()
-        out.put(_loop(pool, data, spec, time.perf_counter() + seconds, fake))
+        cpu = time.process_time()
+        lat = _loop(pool, data, spec, time.perf_counter() + seconds, fake)
+        out.put((lat, time.process_time() - cpu))
     except BaseException as exc:  # reported, not raised: the parent counts what came back
         ready.put(0)
         out.put(repr(exc))
 
 
 def processes(
-    clips: list[Path], fake: bool, counts: list[int], seconds: float, **kw: Any
+    clips: list[Path],
+    fake: bool,
+    counts: list[int],
+    seconds: float,
+    waits: list[str] = ["auto"],  # noqa: B006 (read only)
+    **kw: Any,
 ) -> list[dict[str, Any]]:
     ctx = multiprocessing.get_context("spawn")
     rows = []
-    for n in counts:
+    for n, wait in [(n, w) for n in counts for w in waits]:
         ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        procs = [
-            ctx.Process(
-                target=_proc, args=([str(p) for p in clips], fake, ready, go, seconds, out, kw)
-            )
-            for _ in range(n)
-        ]
+        args = ([str(p) for p in clips], fake, ready, go, seconds, out, wait, kw)
+        procs = [ctx.Process(target=_proc, args=args) for _ in range(n)]
         t_start = time.perf_counter()
         for p in procs:
             p.start()
@@ -368,10 +384,12 @@ def processes(
         for p in procs:
             p.join(30)
         errors = [g for g in got if isinstance(g, str)]
-        lat = [x for g in got if not isinstance(g, str) for x in g]
+        lat = [x for g in got if not isinstance(g, str) for x in g[0]]
+        cpu = sum(g[1] for g in got if not isinstance(g, str))
         rows.append(
             {
                 "processes": n,
+                "waits": wait,
                 **kw,
                 "ready": ok,
                 "startup_s": round(startup, 1),
@@ -379,6 +397,7 @@ def processes(
                 "clips_per_s": round(len(lat) / wall, 1),
                 "p50_ms": _pct(lat, 50),
                 "p99_ms": _pct(lat, 99),
+                "cpu_ms_per_clip": round(1000 * cpu / max(len(lat), 1), 2),
                 "errors": errors[:2],
             }
         )
@@ -394,6 +413,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="per scaling step")
     p.add_argument("--threads", default="1,2,4,8,16")
     p.add_argument("--processes", default="2,4,8")
+    p.add_argument(
+        "--waits", default="auto", help="how processes wait for the GPU: auto,block,spin,yield"
+    )
     p.add_argument("--skip", default="", help="sections to skip, comma-separated")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -410,7 +432,9 @@ def main() -> int:
         ("threads", lambda: threads(clips["bar"], args.fake, ints(args.threads), args.seconds)),
         (
             "processes",
-            lambda: processes(clips["bar"], args.fake, ints(args.processes), args.seconds),
+            lambda: processes(
+                clips["bar"], args.fake, ints(args.processes), args.seconds, args.waits.split(",")
+            ),
         ),
         (
             "threads_best",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,14 @@ from nvdec_fake import FakeNvc
 
 from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
 from vidtag.decode.nvdec_backend import NvdecDecoderPool, sample_nvdec_cuda
-from vidtag.errors import InvalidVideo, LimitExceeded
+from vidtag.errors import BackendUnavailable, InvalidVideo, LimitExceeded
 from vidtag.runtime.backends import RuntimeOptions
+from vidtag.runtime.device import set_cuda_waits
 from vidtag.runtime.preprocess import preprocess
 from vidtag.runtime.tagger import Tagger
 from vidtag.server import gpu_decode
 from vidtag.server.batcher import BatcherConfig
+from vidtag.server.config import ServeConfig
 from vidtag.server.errors import RpcFailure, status_for
 from vidtag.server.gpu_decode import EXAMPLES, HybridStage, NvdecStage, Route, example_clips
 from vidtag.server.metrics import Metrics
@@ -351,3 +353,39 @@ def test_the_server_imports_without_torch() -> None:
     )
     src = str(Path(__file__).resolve().parents[1] / "src")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": src}, timeout=60)
+
+
+class _Driver:
+    """libcuda's three calls `set_cuda_waits` makes, recorded; `fail` names one that errs."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., int]:
+        if not name.startswith("cu"):
+            raise AttributeError(name)
+
+        def call(*args: object) -> int:
+            self.calls.append((name, args))
+            return 100 if name == self.fail else 0
+
+        return call
+
+
+@pytest.mark.parametrize(("mode", "flags"), [("block", 4), ("spin", 1), ("auto", 0)])
+def test_cuda_waits_set_the_primary_context_flags(mode: str, flags: int) -> None:
+    driver = _Driver()
+    set_cuda_waits(1, mode, driver=driver)
+    names = [name for name, _ in driver.calls]
+    assert names == ["cuInit", "cuDeviceGet", "cuDevicePrimaryCtxSetFlags_v2"]
+    assert driver.calls[1][1][1] == 1 and driver.calls[2][1][1] == flags
+
+
+def test_cuda_waits_refusals_are_errors() -> None:
+    with pytest.raises(BackendUnavailable, match="cuDeviceGet failed with CUDA error 100"):
+        set_cuda_waits(0, "block", driver=_Driver(fail="cuDeviceGet"))
+    with pytest.raises(ValueError, match="CUDA wait mode"):
+        set_cuda_waits(0, "nap", driver=_Driver())
+    with pytest.raises(ValueError, match="nvdec_waits must be one of"):
+        ServeConfig(nvdec_waits="nap")

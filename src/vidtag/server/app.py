@@ -144,6 +144,7 @@ class VidtagServer:
                     config.resolved_nvdec_workers,
                     backend="nvdec",
                     gpu_id=gpu,
+                    cuda_waits=config.nvdec_waits,
                     start_timeout_s=120.0,  # CUDA starts in every worker at once
                 )
                 nvdec_stage = pool_decode_stage(

@@ -297,6 +297,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "with NVDEC processes, 1 with PyAV, whose --decode-threads share a clip in one process)",
     )
     parser.add_argument(
+        "--nvdec-waits",
+        default=_D.nvdec_waits,
+        choices=["block", "spin", "yield", "auto"],
+        help="how each NVDEC decode process waits for the GPU: block sleeps; auto is CUDA's "
+        "default, which spins a core per waiting process (default: %(default)s)",
+    )
+    parser.add_argument(
         "--server-processes",
         type=int,
         default=_D.server_processes,
@@ -355,6 +362,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "decode_backend": ("decode_backend", None),
     "nvdec_workers": ("nvdec_workers", None),
     "decode_shares": ("decode_shares", None),
+    "nvdec_waits": ("nvdec_waits", None),
     "server_processes": ("server_processes", None),
 }
 

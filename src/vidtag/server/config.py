@@ -13,7 +13,7 @@ from vidtag.runtime.backends import (
     default_precision,
     default_runtime,
 )
-from vidtag.runtime.device import check_device_name, is_cuda
+from vidtag.runtime.device import CUDA_WAITS, check_device_name, is_cuda
 
 MiB = 1024 * 1024
 DECODE_BACKENDS = ("pyav", "nvdec", "hybrid", "auto")
@@ -114,6 +114,10 @@ class ServeConfig:
     # `decode_threads` share the GOPs inside one process: on 2 cores, 2 workers, c=1, 30 s
     # 540x960 clip, 2 shares decoded in 65-68 ms median against 59-63 undivided.
     decode_shares: int | None = None
+    # How each NVDEC decode process waits for the GPU: "block" (sleep), "spin", "yield" or
+    # "auto" (CUDA's default: spin while the process has no more contexts than the machine
+    # has cores, i.e. a core per waiting decoder; `vidtag.runtime.device.set_cuda_waits`).
+    nvdec_waits: str = "block"
     # Server processes sharing the port (SO_REUSEPORT), each with its own event loop, model
     # and share of the decoders: one process tops out at a few hundred requests/s.
     server_processes: int = 1
@@ -187,6 +191,9 @@ class ServeConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.nvdec_waits not in CUDA_WAITS:
+            waits = self.nvdec_waits
+            raise ValueError(f"nvdec_waits must be one of {list(CUDA_WAITS)}, got {waits!r}")
         if self.upload_spool_bytes < 0:
             raise ValueError(f"upload_spool_bytes must be >= 0, got {self.upload_spool_bytes}")
         if self.decode_shares is not None and self.decode_shares < 1:

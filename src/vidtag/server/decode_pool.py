@@ -62,6 +62,7 @@ from vidtag.decode.result import DecodedClip
 from vidtag.decode.source import Input, SpoolRef, spooled_bytes
 from vidtag.decode.spec import SamplingSpec
 from vidtag.decode.warmup import encode_in_memory
+from vidtag.runtime.device import CUDA_WAITS, set_cuda_waits
 from vidtag.server.errors import RpcFailure
 from vidtag.server.spool import Segment, UploadSpool
 from vidtag.server.spool import supported as spool_supported
@@ -90,12 +91,17 @@ class DecodePoolConfig:
     # 43, best threads 68 at 4; benchmarks/nvdec_profile.py).
     backend: str = "pyav"
     gpu_id: int = 0  # the CUDA device NVDEC workers decode on
+    # How an NVDEC worker waits for the GPU (`vidtag.runtime.device.set_cuda_waits`): "block"
+    # sleeps, CUDA's "auto" spins a core per waiting process.
+    cuda_waits: str = "block"
     # Shared memory for uploads on their way to a worker (`vidtag.server.spool`), in use and
     # kept for reuse; an upload beyond it, or any with 0, crosses the pipe.
     spool_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_pending < 0 or self.max_tasks_per_worker < 0:
+            raise ValueError(f"invalid decode pool config: {self}")
+        if self.cuda_waits not in CUDA_WAITS:
             raise ValueError(f"invalid decode pool config: {self}")
         if self.spool_bytes < 0:
             raise ValueError(f"invalid decode pool config: {self}")
@@ -123,9 +129,7 @@ def _worker_main(
     tasks: Connection,
     results: Connection,
     marker: bytes | None,
-    warmup: bool,
-    backend: str,
-    gpu_id: int,
+    config: DecodePoolConfig,
     examples: tuple[bytes, ...] = (),
     example_spec: SamplingSpec | None = None,
     probe: SpoolRef | None = None,
@@ -134,17 +138,22 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from vidtag.decode import sample_frames
 
-    if backend == "nvdec":
-        from vidtag.decode.nvdec_backend import default_pool
+    backend = config.backend
+    try:
+        if backend == "nvdec":
+            from vidtag.decode.nvdec_backend import default_pool
 
-        default_pool().gpu_id = gpu_id  # the registered backend decodes with this pool
-
-    if warmup:
-        try:
+            nvdec = default_pool()  # the registered backend decodes with it
+            nvdec.gpu_id = config.gpu_id
+            nvdec.nvc()  # PyNvVideoCodec, or why not, before CUDA starts
+            if config.cuda_waits != "auto":
+                set_cuda_waits(config.gpu_id, config.cuda_waits)
+        if config.warmup:
             _warm_up(backend)
-        except Exception as exc:
-            results.send(("failed", " ".join(f"{type(exc).__name__}: {exc}".split())))
-            return
+    except Exception as exc:
+        results.send(("failed", " ".join(f"{type(exc).__name__}: {exc}".split())))
+        return
+    if config.warmup:
         for clip in examples if example_spec is not None else ():
             # Best effort: the backend works (above); an example it cannot decode costs nothing.
             with contextlib.suppress(Exception):
@@ -701,9 +710,7 @@ class DecodePool:
                 task_r,
                 result_w,
                 self._marker,
-                self.config.warmup,
-                self.config.backend,
-                self.config.gpu_id,
+                self.config,
                 self._examples,
                 self._example_spec,
                 self._probe,
