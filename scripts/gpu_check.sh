@@ -26,8 +26,12 @@
 #       "build/gpu-bench/wheels-min", "src/vidtag/v1/tagger_pb2.py",
 #       "src/vidtag/v1/tagger_pb2_grpc.py", "src/vidtag/v1/tagger_pb2.pyi"], timeout_s=600)
 #
-# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Two calls of
-# ~5 minutes each on one warm machine: the concurrency-1 latency with a clip decoded by one
+# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Next on a lent
+# device, on one warm machine: first how NVDEC processes scale when they block instead of
+# spinning while they wait for the GPU (~80 s, decode only; carry .whl and build/gpu-bench/pynv):
+#   CUDA_TESTS=0 bash scripts/nvdec_profile.sh --skip parity,stages,threads \
+#     --processes 16,24 --waits auto,block --seconds 4
+# then two calls of ~5 minutes each: the concurrency-1 latency with a clip decoded by one
 # NVDEC process against split over four (--decode-shares), then one server process against
 # four for throughput:
 #   bash scripts/gpu_check.sh --only default,nvdec --nvdec-workers 16 --decode-shares 1,4 \
