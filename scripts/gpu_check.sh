@@ -30,7 +30,7 @@
 # device, on one warm machine: first how NVDEC processes scale when they block instead of
 # spinning while they wait for the GPU (~80 s, decode only; carry .whl and build/gpu-bench/pynv):
 #   CUDA_TESTS=0 bash scripts/nvdec_profile.sh --skip parity,stages,threads \
-#     --processes 16,24 --waits auto,block --seconds 4
+#     --processes 16,32 --waits auto,block --seconds 4
 # then two calls of ~5 minutes each: the concurrency-1 latency with a clip decoded by one
 # NVDEC process against split over four (--decode-shares), then one server process against
 # four for throughput:
