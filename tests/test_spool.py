@@ -28,9 +28,13 @@ def spool() -> Iterator[UploadSpool]:
 def test_segments_are_reused_and_sized_in_powers_of_two(spool: UploadSpool) -> None:
     a = spool.put(b"a" * 100)
     assert a is not None and a.capacity == MIN_SEGMENT and spool.allocated == MIN_SEGMENT
+    a.fill()
     spool.release(a)
     b = spool.put(b"b" * 200)
-    assert b is a and spooled_bytes(b.ref()) == b"b" * 200  # the same memfd, rewritten
+    assert b is a and not b.filled
+    b.fill()
+    b.fill()  # once: a clip's shares each ask
+    assert spooled_bytes(b.ref()) == b"b" * 200  # the same memfd, rewritten
     c = spool.put(bytes(3 * MiB))
     assert c is not None and c.capacity == 4 * MiB and spool.allocated == 5 * MiB
     assert spool.spooled == 3
@@ -66,6 +70,7 @@ def test_the_cap_evicts_free_segments_then_refuses(spool: UploadSpool) -> None:
 def test_a_spooled_upload_decodes_as_its_bytes(spool: UploadSpool, clip_bytes: bytes) -> None:
     seg = spool.put(clip_bytes)
     assert seg is not None
+    seg.fill()
     ref = seg.ref()
     assert ref.pid == os.getpid() and ref.size == len(clip_bytes)
     spec, limits = SamplingSpec(frames=4, height=64, width=32), DecodeLimits()

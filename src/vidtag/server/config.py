@@ -46,7 +46,7 @@ class ServeConfig:
     decode_processes: bool = True
     decode_queue_size: int = 64  # waiting for a decoder; beyond: RESOURCE_EXHAUSTED
     # Shared memory carrying uploads to decode worker processes (`vidtag.server.spool`: a
-    # 3.7 MB upload's round trip to a worker 4.4 -> 1.5 ms), in use and kept for reuse; an
+    # 3.7 MB upload's round trip to a worker 4.4 -> 2.0 ms), in use and kept for reuse; an
     # upload that does not fit, or every one with 0, crosses a pipe.
     upload_spool_bytes: int = 256 * MiB
     # Dynamic batching per model, with Triton's names and meaning.

@@ -338,6 +338,24 @@ def _send(conn: Connection, *messages: bytes | bytearray | memoryview) -> None:
             conn.send_bytes(payload)  # no copy: written to the pipe from the buffer
 
 
+def _deliver(
+    conn: Connection,
+    head: tuple[int, SamplingSpec, DecodeLimits, Input | None],
+    data: bytes | bytearray | memoryview,
+    segment: Segment | None,
+) -> None:
+    """Writer thread: a task's header, then its bytes through the pipe unless they went into
+    `segment` (then the header names it instead)."""
+    file = head[3]
+    if segment is not None:
+        try:
+            segment.fill()
+            file, data = segment.ref(), b""
+        except OSError as exc:  # memory refused: the pipe carries them
+            log.warning("upload spool write failed (%s); sending the upload through the pipe", exc)
+    _send(conn, pickle.dumps((*head[:3], file), _PROTOCOL), data)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "no exit status"
@@ -413,9 +431,7 @@ class DecodePool:
     def spooled(self) -> int:
         """Uploads copied into shared memory for the workers so far (one split between
         workers once)."""
-        if self._spool is None:
-            return 0
-        return self._spool.spooled - (self._probe is not None)
+        return self._spool.spooled if self._spool is not None else 0
 
     @property
     def worker_pids(self) -> tuple[int, ...]:
@@ -549,13 +565,10 @@ class DecodePool:
             worker.timer = self._loop.call_later(
                 self.config.task_timeout_s, self._on_timeout, worker, task
             )
-            file, data = task.file, task.data
-            if file is None and worker.maps_spool and self._spool is not None:
-                worker.segment = self._spool.put(data)
-                if worker.segment is not None:
-                    file, data = worker.segment.ref(), b""
-            header = pickle.dumps((task.id, task.spec, task.limits, file), _PROTOCOL)
-            worker.writer.submit(_send, worker.tasks, header, data)
+            if task.file is None and worker.maps_spool and self._spool is not None:
+                worker.segment = self._spool.put(task.data)
+            head = (task.id, task.spec, task.limits, task.file)
+            worker.writer.submit(_deliver, worker.tasks, head, task.data, worker.segment)
             task.data = b""
 
     def _on_deadline(self, task: _Task) -> None:
@@ -675,7 +688,14 @@ class DecodePool:
             return
         self._spool = UploadSpool(self.config.spool_bytes)
         probe = self._spool.put(PROBE)  # held until stop(), its one page resident
-        self._probe = probe.ref() if probe is not None else None
+        self._spool.spooled = 0  # the probe is no upload
+        if probe is None:
+            return
+        try:
+            probe.fill()
+        except OSError:
+            return
+        self._probe = probe.ref()
 
     def _release(self, worker: _Worker) -> None:
         if worker.segment is not None and self._spool is not None:
