@@ -4,6 +4,7 @@ a crashed, killed or hung worker fails only its own request and is replaced."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import signal
@@ -34,6 +35,7 @@ from vidtag.server.decode_pool import (
     _widen,
 )
 from vidtag.server.errors import RpcFailure
+from vidtag.server.spool import Segment
 from vidtag.server.spool import supported as spool_supported
 
 T = TypeVar("T")
@@ -165,6 +167,26 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
             assert lt.read(lambda o=other: o.spooled) == 0, name
         finally:
             lt.run(other.stop())
+
+
+def test_a_refused_spool_write_falls_back_to_the_pipe(
+    lt: Loop,
+    pool: DecodePool,
+    clip_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if not spool_supported():
+        pytest.skip("memfd_create and /proc (Linux)")
+
+    def refuse(self: Segment) -> None:
+        raise OSError(errno.ENOSPC, "no space left")
+
+    monkeypatch.setattr(Segment, "fill", refuse)
+    got = lt.run(decode(pool, clip_bytes))
+    assert np.array_equal(got.clip.frames, sample_frames(clip_bytes, SPEC, LIMITS).frames)
+    assert lt.read(lambda: pool.busy) == 0
+    assert "upload spool write failed ([Errno 28] no space left)" in caplog.text
 
 
 def test_files_are_opened_by_the_worker(
