@@ -15,6 +15,11 @@ from vidtag.server.layers import build
 _D = ServeConfig()  # the defaults --help shows are the dataclass's own
 
 
+def _mib_flag(parser: argparse.ArgumentParser, flag: str, default_bytes: int, text: str) -> None:
+    """A size flag in MiB (float) over a ServeConfig field in bytes; `text` is its help."""
+    parser.add_argument(flag, type=float, default=default_bytes / MiB, metavar="MB", help=text)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `vidtag serve` flags to `parser`."""
     parser.add_argument(
@@ -48,27 +53,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VERSION",
         help="version of --model to load (default: the latest)",
     )
-    parser.add_argument(
+    _mib_flag(
+        parser,
         "--max-receive-mb",
-        type=float,
-        default=_D.max_receive_bytes / MiB,
-        metavar="MB",
-        help="largest request accepted, in MiB; larger ones get "
+        _D.max_receive_bytes,
+        "largest request accepted, in MiB; larger ones get "
         "RESOURCE_EXHAUSTED (default: %(default)g; stock gRPC uses 4)",
     )
-    parser.add_argument(
+    _mib_flag(
+        parser,
         "--max-send-mb",
-        type=float,
-        default=_D.max_send_bytes / MiB,
-        metavar="MB",
-        help="largest response sent, in MiB (default: %(default)g)",
+        _D.max_send_bytes,
+        "largest response sent, in MiB (default: %(default)g)",
     )
-    parser.add_argument(
+    _mib_flag(
+        parser,
         "--max-stream-mb",
-        type=float,
-        default=_D.max_stream_bytes / MiB,
-        metavar="MB",
-        help="largest total upload through TagVideoStream, in MiB (default: %(default)g)",
+        _D.max_stream_bytes,
+        "largest total upload through TagVideoStream, in MiB (default: %(default)g)",
     )
     parser.add_argument(
         "--grace-s",
@@ -101,12 +103,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests waiting for a decoder; more are refused with RESOURCE_EXHAUSTED "
         "(default: %(default)s)",
     )
-    parser.add_argument(
+    _mib_flag(
+        parser,
         "--upload-spool-mb",
-        type=float,
-        default=_D.upload_spool_bytes / MiB,
-        metavar="MB",
-        help="shared memory carrying uploads to the decode processes, in MiB, in use and kept "
+        _D.upload_spool_bytes,
+        "shared memory carrying uploads to the decode processes, in MiB, in use and kept "
         "for reuse; an upload beyond it crosses a pipe, 0: always (default: %(default)g)",
     )
     parser.add_argument(
