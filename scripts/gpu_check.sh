@@ -37,8 +37,10 @@
 #     --throughput-inputs bytes,path --latency-s 6 --step-s 4 --skip memory --minutes 4.5
 # The second, one server process against four for throughput:
 #   bash scripts/gpu_check.sh --only r2plus1d_18,nvdec --nvdec-workers 16 \
-#     --server-processes 1,4 --throughput-inputs bytes,path --latency-s 4 --step-s 4 \
-#     --skip memory --minutes 4.5
+#     --server-processes 1,4 --throughput-inputs bytes,path --concurrency 32,64,128 \
+#     --latency-s 4 --step-s 4 --skip memory --minutes 4.5
+# (600 clips/s at p99 <= 150 ms needs a mean latency below ~100 ms: c=64 at most; and
+# --nvdec-workers 32 if the first call's profile shows 32 blocking processes ahead of 16).
 # Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
 # build/gpu-bench/. Exit status: gpu.py's (0 every bar passed, 1 a bar failed, 2 nothing ran),
