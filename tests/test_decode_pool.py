@@ -102,6 +102,8 @@ def healthy(lt: Loop, pool: DecodePool, clip: bytes) -> None:
     """Back to full strength, and serving."""
     lt.wait_until(lambda: pool.workers_alive == 2 and pool.busy == 0)
     assert lt.run(decode(pool, clip)).clip.frames.shape == (4, 64, 32, 3)
+    spool = pool._spool
+    assert spool is None or lt.read(lambda: spool.in_use) == 0  # every upload released
 
 
 def test_frames_match_in_process_decoding(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:

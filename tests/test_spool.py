@@ -83,6 +83,16 @@ def test_a_spooled_upload_decodes_as_its_bytes(spool: UploadSpool, clip_bytes: b
         Source(ref, DecodeLimits(max_bytes=len(clip_bytes) - 1))
 
 
+def test_the_probe_is_no_upload(spool: UploadSpool) -> None:
+    ref = spool.probe(b"probe")
+    assert spooled_bytes(ref) == b"probe" and spool.probe(b"probe") == ref
+    assert (spool.spooled, spool.in_use, spool.allocated) == (0, 0, 0)
+    seg = spool.put(b"upload")
+    assert seg is not None and spool.in_use == 1
+    spool.release(seg)
+    assert spool.in_use == 0
+
+
 def test_a_reference_past_its_segment_is_refused(spool: UploadSpool) -> None:
     seg = spool.put(b"z" * 10)
     assert seg is not None

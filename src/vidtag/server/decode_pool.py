@@ -687,15 +687,8 @@ class DecodePool:
         if not self.config.spool_bytes or not spool_supported():
             return
         self._spool = UploadSpool(self.config.spool_bytes)
-        probe = self._spool.put(PROBE)  # held until stop(), its one page resident
-        self._spool.spooled = 0  # the probe is no upload
-        if probe is None:
-            return
-        try:
-            probe.fill()
-        except OSError:
-            return
-        self._probe = probe.ref()
+        with contextlib.suppress(OSError):  # no probe: every worker uses the pipe
+            self._probe = self._spool.probe(PROBE)
 
     def _release(self, worker: _Worker) -> None:
         if worker.segment is not None and self._spool is not None:

@@ -82,6 +82,21 @@ class UploadSpool:
         self._live: dict[int, Segment] = {}  # id(upload) -> its segment, while in use
         self.allocated = 0  # bytes of all segments
         self.spooled = 0  # uploads assigned a segment (a shared one counted once)
+        self._probe: Segment | None = None
+
+    @property
+    def in_use(self) -> int:
+        """Segments holding an upload a worker has not finished with."""
+        return len(self._live)
+
+    def probe(self, payload: bytes) -> SpoolRef:
+        """A segment of its own holding `payload` until `close` (a worker maps it at start to
+        learn whether it can read this process's segments at all)."""
+        if self._probe is None:
+            fd = os.memfd_create("vidtag-upload-probe", os.MFD_CLOEXEC)
+            self._probe = Segment(fd, len(payload), size=len(payload), data=payload)
+            self._probe.fill()
+        return self._probe.ref()
 
     def put(self, data: bytes | bytearray | memoryview) -> Segment | None:
         """The segment for `data` (written by `fill`), or None when it does not fit under
@@ -111,8 +126,9 @@ class UploadSpool:
 
     def close(self) -> None:
         """Close every segment (a worker still mapping one keeps its pages)."""
-        for seg in [*self._free, *self._live.values()]:
+        for seg in [*self._free, *self._live.values(), *filter(None, [self._probe])]:
             seg.close()
+        self._probe = None
         self._free.clear()
         self._live.clear()
         self.allocated = 0
