@@ -4,6 +4,8 @@ and torch on the CPU standing in for the GPU: the same code paths, device "cpu".
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,8 @@ from vidtag.server.errors import RpcFailure, status_for
 from vidtag.server.gpu_decode import EXAMPLES, HybridStage, NvdecStage, Route, example_clips
 from vidtag.server.metrics import Metrics
 from vidtag.server.pipeline import Decoded, ServedModel, thread_decode_stage
+from vidtag.server.spool import UploadSpool
+from vidtag.server.spool import supported as spool_supported
 
 torch = pytest.importorskip("torch")
 
@@ -389,3 +393,51 @@ def test_cuda_waits_refusals_are_errors() -> None:
         set_cuda_waits(0, "nap", driver=_Driver())
     with pytest.raises(ValueError, match="nvdec_waits must be one of"):
         ServeConfig(nvdec_waits="nap")
+
+
+@pytest.mark.parametrize(("waits", "calls"), [("block", [(3, "block")]), ("auto", [])])
+def test_an_nvdec_worker_sets_its_waits_then_decodes_a_spooled_upload(
+    monkeypatch: pytest.MonkeyPatch,
+    clip_bytes: bytes,
+    waits: str,
+    calls: list[tuple[object, ...]],
+) -> None:
+    """A decode pool's NVDEC worker (run here in a thread, NVDEC faked on the CPU) sets how its
+    CUDA context waits before it warms up, reports that it maps the server's segments, and
+    decodes an upload it is handed as a segment."""
+    if not spool_supported():
+        pytest.skip("memfd_create and /proc (Linux)")
+    from vidtag.decode import nvdec_backend
+    from vidtag.server import decode_pool
+
+    monkeypatch.setattr(nvdec_backend, "_POOL", NvdecDecoderPool(module=FakeNvc(), device="cpu"))
+    seen: list[tuple[object, ...]] = []
+    monkeypatch.setattr(decode_pool, "set_cuda_waits", lambda *a: seen.append(a))
+    warm = decode_pool._warm_up
+    monkeypatch.setattr(decode_pool, "_warm_up", lambda b: (seen.append(("warm",)), warm(b)))
+    monkeypatch.setattr(decode_pool.signal, "signal", lambda *a: None)  # not the main thread
+    spool = UploadSpool(16 << 20)
+    seg = spool.put(clip_bytes)
+    assert seg is not None
+    seg.fill()
+    task_r, task_w = multiprocessing.Pipe(duplex=False)
+    result_r, result_w = multiprocessing.Pipe(duplex=False)
+    config = decode_pool.DecodePoolConfig(backend="nvdec", gpu_id=3, cuda_waits=waits)
+    args = (task_r, result_w, None, config, (), None, spool.probe(decode_pool.PROBE))
+    worker = threading.Thread(target=decode_pool._worker_main, args=args, daemon=True)
+    worker.start()
+    try:
+        assert result_r.poll(60) and result_r.recv() == ("ready", os.getpid(), True)
+        assert seen == [*calls, ("warm",)]
+        spec = SamplingSpec(frames=4, height=64, width=32)
+        task_w.send((7, spec, DecodeLimits(), seg.ref()))
+        task_w.send_bytes(b"")
+        assert result_r.poll(60)
+        kind, task_id, clip = result_r.recv()
+        assert (kind, task_id) == ("ok", 7)
+        want = sample_frames(clip_bytes, spec, backend="nvdec")
+        assert np.array_equal(clip.frames, want.frames) and clip.timestamps == want.timestamps
+    finally:
+        task_w.send(None)
+        worker.join(30)
+        spool.close()
