@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import av
@@ -706,9 +706,7 @@ class GpuClip(DecodedClip):
         x = self.frames
         if x.dtype != torch.uint8:
             x = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-        frames = x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        meta = {f.name: getattr(self, f.name) for f in fields(DecodedClip) if f.name != "frames"}
-        return DecodedClip(frames=frames, **meta)
+        return self.recast(DecodedClip, frames=x.permute(0, 2, 3, 1).contiguous().cpu().numpy())
 
 
 def _bit_depth(stream: Any, codec: str) -> int:
@@ -783,10 +781,9 @@ def sample_nvdec_cuda(
         plan, positions = share_plan(index, whole, spec.share)
         if not plan.chosen:
             empty = empty_share(index, whole, spec, time.perf_counter() - t0)
-            meta = {f.name: getattr(empty, f.name) for f in fields(empty) if f.name != "frames"}
             kind = torch.float32 if dtype == "float32" else torch.uint8
             none = torch.empty((0, 3, spec.height, spec.width), dtype=kind, device=device)
-            return GpuClip(frames=none, **meta)
+            return empty.recast(GpuClip, frames=none)
         gops = planned_access_units(index, plan, stream)
         bits, full_range, colorspace = picture_format(stream, codec, gops)
         rotation = display_rotation(src, container, stream, index)
@@ -852,7 +849,4 @@ def sample_nvdec(source: Input, spec: SamplingSpec, limits: DecodeLimits) -> Dec
     """The registered `nvdec` backend: `sample_nvdec_cuda` copied back to host memory."""
     t0 = time.perf_counter()
     clip = sample_nvdec_cuda(source, spec, limits).to_host()
-    return DecodedClip(
-        **{f.name: getattr(clip, f.name) for f in fields(DecodedClip) if f.name != "seconds"},
-        seconds=time.perf_counter() - t0,
-    )
+    return clip.recast(DecodedClip, seconds=time.perf_counter() - t0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import numpy as np
+
+C = TypeVar("C", bound="DecodedClip")
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,8 @@ class DecodedClip:
     # The target position of each frame when this is one share of a clip (SamplingSpec.share);
     # () for a whole clip, whose frames are in target order.
     positions: tuple[int, ...] = ()
+
+    def recast(self, kind: type[C], **changes: Any) -> C:
+        """This clip's account as a `kind` (DecodedClip or a subclass) with `changes`, e.g.
+        other frames: the fields a subclass adds are not carried."""
+        return kind(**{f.name: getattr(self, f.name) for f in fields(DecodedClip)} | changes)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -84,8 +84,7 @@ def example_clips(
 def metadata_only(clip: DecodedClip) -> DecodedClip:
     """`clip` without its frames (an empty (0, 0, 0, 3) array), so the response path does not
     keep device memory alive."""
-    meta = {f.name: getattr(clip, f.name) for f in fields(DecodedClip) if f.name != "frames"}
-    return DecodedClip(frames=np.empty((0, 0, 0, 3), np.uint8), **meta)
+    return clip.recast(DecodedClip, frames=np.empty((0, 0, 0, 3), np.uint8))
 
 
 def decode_on_device(
