@@ -395,16 +395,20 @@ def test_cuda_waits_refusals_are_errors() -> None:
         ServeConfig(nvdec_waits="nap")
 
 
-@pytest.mark.parametrize(("waits", "calls"), [("block", [(3, "block")]), ("auto", [])])
+@pytest.mark.parametrize(
+    ("waits", "calls"),
+    [("block", [(3, "block")]), ("auto", []), ("spin", [(3, "spin")])],  # spin: refused
+)
 def test_an_nvdec_worker_sets_its_waits_then_decodes_a_spooled_upload(
     monkeypatch: pytest.MonkeyPatch,
     clip_bytes: bytes,
     waits: str,
     calls: list[tuple[object, ...]],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """A decode pool's NVDEC worker (run here in a thread, NVDEC faked on the CPU) sets how its
-    CUDA context waits before it warms up, reports that it maps the server's segments, and
-    decodes an upload it is handed as a segment."""
+    CUDA context waits before it warms up (a refusal is a warning, not a failed start),
+    reports that it maps the server's segments, and decodes an upload handed as a segment."""
     if not spool_supported():
         pytest.skip("memfd_create and /proc (Linux)")
     from vidtag.decode import nvdec_backend
@@ -412,7 +416,13 @@ def test_an_nvdec_worker_sets_its_waits_then_decodes_a_spooled_upload(
 
     monkeypatch.setattr(nvdec_backend, "_POOL", NvdecDecoderPool(module=FakeNvc(), device="cpu"))
     seen: list[tuple[object, ...]] = []
-    monkeypatch.setattr(decode_pool, "set_cuda_waits", lambda *a: seen.append(a))
+
+    def record(*args: object) -> None:
+        seen.append(args)
+        if args[1] == "spin":
+            raise BackendUnavailable("cuDevicePrimaryCtxSetFlags failed with CUDA error 1")
+
+    monkeypatch.setattr(decode_pool, "set_cuda_waits", record)
     warm = decode_pool._warm_up
     monkeypatch.setattr(decode_pool, "_warm_up", lambda b: (seen.append(("warm",)), warm(b)))
     monkeypatch.setattr(decode_pool.signal, "signal", lambda *a: None)  # not the main thread
@@ -429,6 +439,8 @@ def test_an_nvdec_worker_sets_its_waits_then_decodes_a_spooled_upload(
     try:
         assert result_r.poll(60) and result_r.recv() == ("ready", os.getpid(), True)
         assert seen == [*calls, ("warm",)]
+        refused = "keeps CUDA's own waits: cuDevicePrimaryCtxSetFlags failed"
+        assert (refused in capfd.readouterr().err) == (waits == "spin")
         spec = SamplingSpec(frames=4, height=64, width=32)
         task_w.send((7, spec, DecodeLimits(), seg.ref()))
         task_w.send_bytes(b"")

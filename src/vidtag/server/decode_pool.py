@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -62,6 +63,7 @@ from vidtag.decode.result import DecodedClip
 from vidtag.decode.source import Input, SpoolRef, spooled_bytes
 from vidtag.decode.spec import SamplingSpec
 from vidtag.decode.warmup import encode_in_memory
+from vidtag.errors import BackendUnavailable
 from vidtag.runtime.device import CUDA_WAITS, set_cuda_waits
 from vidtag.server.errors import RpcFailure
 from vidtag.server.spool import Segment, UploadSpool
@@ -147,7 +149,11 @@ def _worker_main(
             nvdec.gpu_id = config.gpu_id
             nvdec.nvc()  # PyNvVideoCodec, or why not, before CUDA starts
             if config.cuda_waits != "auto":
-                set_cuda_waits(config.gpu_id, config.cuda_waits)
+                try:
+                    set_cuda_waits(config.gpu_id, config.cuda_waits)
+                except BackendUnavailable as exc:  # a performance setting: warn, decode on
+                    why = f"decode worker {os.getpid()} keeps CUDA's own waits: {exc}"
+                    print(why, file=sys.stderr, flush=True)
         if config.warmup:
             _warm_up(backend)
     except Exception as exc:
