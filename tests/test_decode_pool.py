@@ -171,6 +171,42 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
             lt.run(other.stop())
 
 
+def test_a_burst_of_uploads_shares_a_small_spool(lt: Loop, clip_bytes: bytes) -> None:
+    """More uploads than workers, of several sizes, some the same object twice (as a clip's
+    shares are), through a spool with room for two segments: each decodes as its bytes, the
+    spool never exceeds its cap and holds no upload afterwards."""
+    if not spool_supported():
+        pytest.skip("memfd_create and /proc (Linux)")
+    cap = 2 * (1 << (len(clip_bytes) + (1 << 20) - 1).bit_length())
+    pool = _start(lt, DecodePoolConfig(workers=2, spool_bytes=cap), hook=False)
+    pad = struct.pack(">I4s", 8 + (1 << 20), b"free") + bytes(1 << 20)
+    inputs = [clip_bytes, clip_bytes + pad, bytes(bytearray(clip_bytes))]  # 3 objects
+    want = sample_frames(clip_bytes, SPEC, LIMITS).frames
+    peak = [0]
+
+    async def burst() -> list[DecodedResult]:
+        async def watch() -> None:
+            while True:
+                peak[0] = max(peak[0], pool.spool_bytes)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            calls = [decode(pool, inputs[i % 3]) for i in range(9)] + [decode(pool, inputs[0])]
+            return list(await asyncio.gather(*calls))
+        finally:
+            watcher.cancel()
+
+    try:
+        for got in lt.run(burst()):
+            assert np.array_equal(got.clip.frames, want)
+        spool = pool._spool
+        assert spool is not None and lt.read(lambda: spool.in_use) == 0
+        assert 0 < peak[0] <= cap and lt.read(lambda: pool.spooled) >= 2
+    finally:
+        lt.run(pool.stop())
+
+
 def test_a_refused_spool_write_falls_back_to_the_pipe(
     lt: Loop,
     pool: DecodePool,
