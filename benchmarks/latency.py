@@ -27,7 +27,7 @@ from vidtag.server.config import MiB, ServeConfig
 from vidtag.synth import generate
 
 
-def _clip(out: Path, seconds: float) -> Path:
+def stb1_clip(out: Path, seconds: float) -> Path:
     manifest = generate(
         out,
         1,
@@ -74,7 +74,7 @@ def main() -> None:
     repo = Path(args.models)
     name = resolve_model(repo).parent.name
     with tempfile.TemporaryDirectory() as tmp:
-        clip = Path(args.clip) if args.clip else _clip(Path(tmp), args.seconds)
+        clip = Path(args.clip) if args.clip else stb1_clip(Path(tmp), args.seconds)
         clip = clip.resolve()
         data = clip.read_bytes()
         config = ServeConfig(
