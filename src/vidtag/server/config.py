@@ -104,8 +104,9 @@ class ServeConfig:
     # PyNvVideoCodec imports, else pyav). nvdec and hybrid need a cuda device.
     decode_backend: str = "auto"
     # Decoders using NVDEC at once, each with its own sessions: worker processes (each with a
-    # CUDA context, ~0.5 GB of GPU memory) or, without decode_processes, threads of the server
-    # (which stop scaling at ~4: Python holds them). None = half the cores, at most 16.
+    # CUDA context and warmed-up buffers, ~1.5 GB of GPU memory on an H100) or, without
+    # decode_processes, threads of the server (which stop scaling at ~4: Python holds them).
+    # None = half the cores, at most 16.
     nvdec_workers: int | None = None
     # Decode worker processes sharing one clip's GOPs while enough of them are idle (each
     # plans the clip, decodes its group of GOPs; `vidtag.decode.shares`): lower latency on an
