@@ -35,10 +35,11 @@
 #     --processes 16,32 --waits auto,block --seconds 4; \
 #   bash scripts/gpu_check.sh --only default,nvdec --nvdec-workers 16 --decode-shares 1,4 \
 #     --throughput-inputs bytes,path --latency-s 6 --step-s 4 --skip memory --minutes 4.5
-# The second, one server process against four for throughput:
-#   bash scripts/gpu_check.sh --only r2plus1d_18,nvdec --nvdec-workers 16 \
-#     --server-processes 1,4 --throughput-inputs bytes,path --concurrency 32,64,128 \
-#     --latency-s 4 --step-s 4 --skip memory --minutes 4.5
+# The second, throughput with four server processes against one, NVDEC alone and with the
+# CPU decoders beside it (hybrid: the cores NVDEC processes no longer spin on decode too):
+#   bash scripts/gpu_check.sh --only r2plus1d_18,nvdec,hybrid --nvdec-workers 16 \
+#     --server-processes 4,1 --concurrency 32,64,128 --latency-s 3 --step-s 4 \
+#     --skip memory --minutes 4.6
 # (600 clips/s at p99 <= 150 ms needs a mean latency below ~100 ms: c=64 at most; and
 # --nvdec-workers 32 if the first call's profile shows 32 blocking processes ahead of 16).
 # Writes gpu.json,
