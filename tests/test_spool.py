@@ -100,3 +100,37 @@ def test_a_reference_past_its_segment_is_refused(spool: UploadSpool) -> None:
         map_spooled(SpoolRef(os.getpid(), seg.fd, seg.capacity + 1))
     with pytest.raises(OSError):
         map_spooled(SpoolRef(os.getpid(), 1 << 20, 10))  # no such descriptor
+
+
+def test_a_stale_write_cannot_pass_for_the_next_upload(
+    spool: UploadSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sending thread still writing an upload whose worker died (the segment released and
+    given to the next upload meanwhile) does not leave its bytes standing for the next one."""
+    import threading
+
+    from vidtag.server import spool as spool_module
+
+    old, new = b"o" * 5000, b"n" * 5000
+    seg = spool.put(old)
+    assert seg is not None
+    started, go = threading.Event(), threading.Event()
+    pwrite = os.pwrite
+
+    def slow_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        if bytes(data[:1]) == b"o":
+            started.set()
+            go.wait(5)
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(spool_module.os, "pwrite", slow_pwrite)
+    stale = threading.Thread(target=seg.fill)
+    stale.start()
+    assert started.wait(5)
+    spool.release(seg)  # its worker is gone
+    assert spool.put(new) is seg  # the next upload gets the segment
+    go.set()
+    stale.join(5)
+    assert not seg.filled
+    seg.fill()
+    assert seg.filled and spooled_bytes(seg.ref()) == new

@@ -40,23 +40,31 @@ class Segment:
     refs: int = 0
     size: int = 0  # bytes of the current upload
     data: Any = field(default=None, repr=False)  # the upload it holds while in use
-    filled: bool = False
+    written: Any = field(default=None, repr=False)  # the upload its pages hold
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def ref(self) -> SpoolRef:
         return SpoolRef(os.getpid(), self.fd, self.size)
 
+    @property
+    def filled(self) -> bool:
+        return self.written is not None and self.written is self.data
+
     def fill(self) -> None:
         """Write the upload, once however many threads ask (OSError if the memory is refused;
-        a later call tries again)."""
+        a later call tries again). A thread still writing an upload this segment no longer
+        holds (its worker died, the segment went to another upload) cannot pass it off as the
+        new one: what was written is compared by identity."""
         with self.lock:
-            if self.filled:
+            data = self.data
+            if data is None or self.written is data:
                 return
-            view = memoryview(self.data).cast("B")
+            self.written = None
+            view = memoryview(data).cast("B")
             done = 0
-            while done < self.size:  # pwrite releases the GIL while it copies
+            while done < view.nbytes:  # pwrite releases the GIL while it copies
                 done += os.pwrite(self.fd, view[done:], done)
-            self.filled = True
+            self.written = data
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -111,7 +119,7 @@ class UploadSpool:
         seg = self._take(size)
         if seg is None:
             return None
-        seg.size, seg.data, seg.refs, seg.filled = size, data, 1, False
+        seg.size, seg.data, seg.refs = size, data, 1
         self._live[id(data)] = seg
         self.spooled += 1
         return seg
@@ -121,7 +129,7 @@ class UploadSpool:
         if seg.refs > 0:
             return
         self._live.pop(id(seg.data), None)
-        seg.data = None
+        seg.data = seg.written = None  # the upload may be freed; the pages stay
         self._free.append(seg)
 
     def close(self) -> None:
