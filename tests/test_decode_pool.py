@@ -131,7 +131,11 @@ def test_inputs_larger_than_a_pipe_arrive_whole(
 
 
 def test_uploads_cross_in_shared_memory_or_the_pipe(
-    lt: Loop, pool: DecodePool, clip_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+    lt: Loop,
+    pool: DecodePool,
+    clip_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The module's pool spools uploads (one copy however many workers read it, segments
     reused); one with spool_bytes=0, one whose cap the input exceeds and one whose workers
@@ -160,6 +164,7 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
                "over the cap": DecodePoolConfig(workers=1, spool_bytes=len(clip_bytes) // 2),
                "cannot map": DecodePoolConfig(workers=1)}  # fmt: skip
     for name, config in configs.items():
+        caplog.clear()
         with monkeypatch.context() as m:
             if name == "cannot map":
                 m.setattr(DecodePool, "_open_spool", unreadable)
@@ -167,6 +172,8 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
         try:
             assert np.array_equal(lt.run(decode(other, clip_bytes)).clip.frames, want), name
             assert lt.read(lambda o=other: o.spooled) == 0, name
+            warned = "cannot map the server's upload segments" in caplog.text
+            assert warned == (name == "cannot map"), name
         finally:
             lt.run(other.stop())
 

@@ -397,6 +397,7 @@ class DecodePool:
         self._example_spec: SamplingSpec | None = None
         self._spool: UploadSpool | None = None
         self._probe: SpoolRef | None = None
+        self._spool_refused = False  # a worker could not map the probe (warned)
 
     # -- metrics ------------------------------------------------------------------------------
 
@@ -610,6 +611,14 @@ class DecodePool:
 
     def _on_ready(self, worker: _Worker, maps_spool: bool) -> None:
         worker.maps_spool = maps_spool
+        if self._probe is not None and not maps_spool and not self._spool_refused:
+            self._spool_refused = True  # once per pool: every worker would say the same
+            log.warning(
+                "decode worker %d cannot map the server's upload segments (/proc/%d/fd); "
+                "uploads cross the pipe instead",
+                worker.pid,
+                os.getpid(),
+            )
         if not worker.ready.done():
             worker.ready.set_result(None)
         self._start_failures = 0
