@@ -72,6 +72,7 @@ from decode import ClipConfig, encode_clip
 from soak import _free_port, process_tree, serve, tree_rss_mb
 
 from vidtag.client.bench import CallOptions, Clip, InputMode, Plan, Step, run_plan
+from vidtag.server.decode_pool import WORKER_NAME
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 CACHE: Final = ROOT / "build" / "gpu-bench"
@@ -417,15 +418,19 @@ class GpuSampler:
         return out | {f"{n}_max": float(a[:, i].max()) for i, n in enumerate(names)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the server's process tree (/proc/PID/stat)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of the server's process tree (/proc/PID/stat), and of its
+    decode worker processes among them (named WORKER_NAME)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = workers = 0
     for p in process_tree(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            name, rest = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)
+            fields = rest.split()
+            ticks = int(fields[11]) + int(fields[12])
+            total += ticks
+            workers += ticks if name.partition("(")[2] == WORKER_NAME else 0
+    return total / tick, workers / tick
 
 
 # ---------------------------------------------------------------- load (vidtag bench's generator)
@@ -502,7 +507,7 @@ class Load:
         reqs: list[int | None] = [None] * n
         if requests is not None:
             reqs = [requests // n + (i < requests % n) for i in range(n)]
-        srv0 = cpu_seconds(server_pid) if server_pid else 0.0
+        srv0 = cpu_seconds(server_pid) if server_pid else (0.0, 0.0)
         t0 = time.monotonic()
         with GpuSampler() as gpu:
             if n == 1 or self.pool is None:
@@ -537,7 +542,9 @@ class Load:
                 ]
                 parts = [f.result() for f in futures]
         wall = time.monotonic() - t0
-        srv = (cpu_seconds(server_pid) - srv0) / wall if server_pid else None
+        srv1 = cpu_seconds(server_pid) if server_pid else None
+        srv = (srv1[0] - srv0[0]) / wall if srv1 else None
+        decoders = (srv1[1] - srv0[1]) / wall if srv1 else None
         merged = Step("closed", float(concurrency), input=input)
         merged.wall_s = max(s.wall_s for s, _ in parts)
         merged.samples = sorted((x for s, _ in parts for x in s.samples), key=lambda x: x.sent_s)
@@ -548,7 +555,8 @@ class Load:
         summary["payload_mb_s"] = summary["throughput_clips_s"] * uploaded / 1e6
         summary["client_procs"] = n
         summary["client_cpu"] = max(cpu / s.wall_s if s.wall_s else 0.0 for s, cpu in parts)
-        summary["server_cpu_cores"] = srv
+        summary["server_cpu_cores"] = srv  # server and decode worker processes
+        summary["decoder_cpu_cores"] = decoders  # the decode worker processes among them
         summary["gpu_utilization_pct"] = gpu.summary()
         return summary
 
@@ -931,7 +939,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
     head = (
         f"{'model':<24} {'decoder':<9} {'runtime':<7} {'input':<5} {'c':>4} {'reqs':>6} {'err':>4} "
         f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
-        f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'cliCPU':>6} "
+        f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'decCPU':>6} "
+        f"{'cliCPU':>6} "
         f"{'GPU%':>5} {'NVDEC%':>6}"
     )
     rows = [head, "-" * len(head)]
@@ -951,7 +960,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
                 f"{_ms(lat['p99']):>7} {_ms(srv.get('decode_ms')):>7} "
                 f"{_ms(srv.get('inference_ms')):>7} {_ms(srv.get('other_ms')):>7} "
                 f"{_ms(srv.get('e2e_minus_total_ms')):>7} {srv.get('batch_size', 0.0):>5.1f} "
-                f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {s['client_cpu']:>6.2f} "
+                f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {_ms(s.get('decoder_cpu_cores')):>6} "
+                f"{s['client_cpu']:>6.2f} "
                 f"{_pct(gpu.get('gpu_mean')):>5} {_pct(gpu.get('decoder_mean')):>6}"
             )
         if not c["steps"]:
@@ -1302,7 +1312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "e2e-tot = client latency - server total; batch = mean batch size; input = bytes "
         "(clip uploaded in each request) or path (the server reads the clip's file: the c=1 "
         "path row, throughput rows with --throughput-inputs path; memory uploads); MB/s uploaded; "
-        "srvCPU = server cores busy; cliCPU = busiest client process; GPU%/NVDEC% = mean "
+        "srvCPU = server cores busy (decode workers included); decCPU = decode workers' "
+        "cores busy; cliCPU = busiest client process; GPU%/NVDEC% = mean "
         "utilisation from nvidia-smi)"
     )
     if any("memory" in c for c in report["configs"]):

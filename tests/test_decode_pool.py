@@ -27,6 +27,7 @@ from vidtag.server.decode_pool import (
     PIPE_BUFFER,
     PROBE,
     TEST_CRASH_MARKER_ENV,
+    WORKER_NAME,
     DecodedResult,
     DecodePool,
     DecodePoolConfig,
@@ -107,6 +108,9 @@ def healthy(lt: Loop, pool: DecodePool, clip: bytes) -> None:
 
 
 def test_frames_match_in_process_decoding(lt: Loop, pool: DecodePool, clip_bytes: bytes) -> None:
+    for pid in lt.read(lambda: pool.worker_pids):  # named for ps, top and the GPU benchmark
+        comm = Path(f"/proc/{pid}/comm")
+        assert not comm.exists() or comm.read_text().strip() == WORKER_NAME
     got = lt.run(decode(pool, clip_bytes))
     ref = sample_frames(clip_bytes, SPEC, LIMITS)
     assert np.array_equal(got.clip.frames, ref.frames)

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 TEST_CRASH_MARKER_ENV: Final = "VIDTAG_TEST_CRASH_MARKER"
 _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
 PIPE_BUFFER: Final = 1 << 20  # bytes asked for each worker pipe (see _widen)
+WORKER_NAME: Final = "vidtag-decode"  # a worker process's name (Linux: /proc/PID/comm)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def _worker_main(
 ) -> None:
     # Ctrl-C in a terminal signals the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # `ps`, `top` and the GPU benchmark tell workers apart
+        Path("/proc/self/comm").write_text(WORKER_NAME)
     from vidtag.decode import sample_frames
 
     backend = config.backend
