@@ -143,7 +143,8 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
 ) -> None:
     """The module's pool spools uploads (one copy however many workers read it, segments
     reused); one with spool_bytes=0, one whose cap the input exceeds and one whose workers
-    cannot map the segments use the pipe, with the same frames."""
+    cannot map the segments (said once in the log) use the pipe, with the same frames, as
+    does an upload whose write to the spool is refused."""
     if not spool_supported():
         pytest.skip("memfd_create and /proc (Linux)")
     want = sample_frames(clip_bytes, SPEC, LIMITS).frames
@@ -181,6 +182,14 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
         finally:
             lt.run(other.stop())
 
+    def refuse(self: Segment) -> None:
+        raise OSError(errno.ENOSPC, "no space left")
+
+    monkeypatch.setattr(Segment, "fill", refuse)  # memory refused: this upload takes the pipe
+    assert np.array_equal(lt.run(decode(pool, clip_bytes)).clip.frames, want)
+    assert lt.read(lambda: pool.busy) == 0
+    assert "upload spool write failed ([Errno 28] no space left)" in caplog.text
+
 
 def test_a_burst_of_uploads_shares_a_small_spool(lt: Loop, clip_bytes: bytes) -> None:
     """More uploads than workers, of several sizes, some the same object twice (as a clip's
@@ -216,26 +225,6 @@ def test_a_burst_of_uploads_shares_a_small_spool(lt: Loop, clip_bytes: bytes) ->
         assert 0 < peak[0] <= cap and lt.read(lambda: pool.spooled) >= 2
     finally:
         lt.run(pool.stop())
-
-
-def test_a_refused_spool_write_falls_back_to_the_pipe(
-    lt: Loop,
-    pool: DecodePool,
-    clip_bytes: bytes,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    if not spool_supported():
-        pytest.skip("memfd_create and /proc (Linux)")
-
-    def refuse(self: Segment) -> None:
-        raise OSError(errno.ENOSPC, "no space left")
-
-    monkeypatch.setattr(Segment, "fill", refuse)
-    got = lt.run(decode(pool, clip_bytes))
-    assert np.array_equal(got.clip.frames, sample_frames(clip_bytes, SPEC, LIMITS).frames)
-    assert lt.read(lambda: pool.busy) == 0
-    assert "upload spool write failed ([Errno 28] no space left)" in caplog.text
 
 
 def test_files_are_opened_by_the_worker(
