@@ -64,19 +64,9 @@ class PathInputs:
             )
 
     def check(self, path: str) -> FileRef:
-        """The file at `path`, checked but not read (blocking: call off the event loop): a
-        decoder opens it itself and reads only what it needs (`vidtag.decode.source.FileRef`:
-        the same file or an error)."""
-        fd, real = self._open(path)
-        try:
-            info = os.fstat(fd)
-            return FileRef(str(real), info.st_dev, info.st_ino, info.st_size)
-        finally:
-            os.close(fd)
-
-    def _open(self, path: str) -> tuple[int, Path]:
-        """A descriptor of the regular file at `path`, inside the roots and under the cap, and
-        the real path it was opened by."""
+        """The regular file at `path`, inside the roots and under the cap, checked but not read
+        (blocking: call off the event loop): a decoder opens it itself and reads only what it
+        needs (`vidtag.decode.source.FileRef`: the same file or an error)."""
         real = self.resolve(path)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -101,7 +91,6 @@ class PathInputs:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"file is {info.st_size} bytes; the server's cap is {self.max_bytes}",
                 )
-        except BaseException:
+            return FileRef(str(real), info.st_dev, info.st_ino, info.st_size)
+        finally:
             os.close(fd)
-            raise
-        return fd, real
