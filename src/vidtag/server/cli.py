@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from vidtag.runtime.device import CUDA_WAITS
 from vidtag.server.config import MiB, ServeConfig
 from vidtag.server.layers import build
 
@@ -300,7 +301,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nvdec-waits",
         default=_D.nvdec_waits,
-        choices=["block", "spin", "yield", "auto"],
+        choices=list(CUDA_WAITS),
         help="how each NVDEC decode process waits for the GPU: block sleeps; auto is CUDA's "
         "default, which spins a core per waiting process (default: %(default)s)",
     )
