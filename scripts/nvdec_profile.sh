@@ -10,8 +10,10 @@
 #   mkdir -p $P/PyNvVideoCodec && cp -r __init__.py decoders transcoder VersionCheck*.so \
 #     PyNvVideoCodec_130*.so libavformat.so.63 libavutil.so.61 $P/PyNvVideoCodec/ &&
 #   cp -r ../pynvvideocodec. $P/        # P=build/gpu-bench/pynv
-# Arguments go to benchmarks/nvdec_profile.py. Writes nvdec-profile.json, profile.log and
-# pytest-cuda.log into $OUT when set, else build/gpu-bench/.
+# Arguments go to benchmarks/nvdec_profile.py. Then the suite's CUDA-only tests and
+# benchmarks/upload.py (the server's per-request hand-over of frames to the GPU, ~20 s).
+# Writes nvdec-profile.json, profile.log, pytest-cuda.log and upload.log into $OUT when set,
+# else build/gpu-bench/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build/gpu-bench}
@@ -24,6 +26,7 @@ rc=${PIPESTATUS[0]}
 if [ "${CUDA_TESTS:-1}" != 0 ]; then  # CUDA_TESTS=0: the profile alone
   timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_torch_backend.py -k cuda 2>&1 \
     | tail -15 | tee "$out/pytest-cuda.log"
+  timeout 60 $PY benchmarks/upload.py 2>&1 | tail -8 | tee "$out/upload.log"
 fi
 echo "nvdec_profile: exit $rc"
 exit "$rc"

@@ -21,9 +21,8 @@ import numpy as np
 from vidtag.decode import DecodedClip, DecodeLimits
 from vidtag.decode.shares import merge_shares
 from vidtag.decode.source import Input
-from vidtag.runtime.artifact import InputSpec
 from vidtag.runtime.onnx_backend import OnnxBackend
-from vidtag.runtime.preprocess import preprocess, preprocess_tensor
+from vidtag.runtime.preprocess import preprocess
 from vidtag.runtime.tagger import Tagger
 from vidtag.server.batcher import BatcherConfig, DynamicBatcher
 from vidtag.server.decode_pool import DecodedResult, DecodePool
@@ -183,15 +182,8 @@ def pool_decode_stage(
             clip = (await pool.decode(video, spec, limits, deadline)).clip
         if device is None:
             return clip, preprocess(clip.frames, model.meta.input), clip.seconds
+        from vidtag.runtime.upload import frames_on_device  # torch: the GPU image only
+
         return clip, frames_on_device(clip.frames, model.meta.input, device), clip.seconds
 
     return stage
-
-
-def frames_on_device(frames: np.ndarray, spec: InputSpec, device: str) -> Any:
-    """(T, H, W, 3) uint8 frames -> the (3, T, H, W) float32 input as a tensor on `device`,
-    normalised there (`preprocess_tensor`: the host definition)."""
-    import torch
-
-    x = torch.from_numpy(frames).to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return preprocess_tensor(x, spec)
