@@ -27,11 +27,13 @@
 #       "src/vidtag/v1/tagger_pb2_grpc.py", "src/vidtag/v1/tagger_pb2.pyi"], timeout_s=600)
 #
 # Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Next on a lent
-# device: two calls of ~6.5 and ~5 minutes on one warm machine (timeout_s 560 and 400; the
+# device: two calls of ~7.5 and ~5 minutes on one warm machine (timeout_s 560 and 400; the
 # one-call carry above). The first measures how NVDEC processes scale when they block instead
-# of spinning while they wait for the GPU (decode only, ~90 s), then the concurrency-1
-# latency with a clip decoded by one NVDEC process against split over four (--decode-shares):
-#   CUDA_TESTS=0 bash scripts/nvdec_profile.sh --skip parity,stages,threads \
+# of spinning while they wait for the GPU (decode only, ~90 s), runs the CUDA-only tests and
+# times the frames' hand-over to the GPU (benchmarks/upload.py, ~20 s), then the
+# concurrency-1 latency with a clip decoded by one NVDEC process against split over four
+# (--decode-shares):
+#   bash scripts/nvdec_profile.sh --skip parity,stages,threads \
 #     --processes 16,32 --waits auto,block --seconds 4; \
 #   bash scripts/gpu_check.sh --only default,nvdec --nvdec-workers 16 --decode-shares 1,4 \
 #     --throughput-inputs bytes,path --latency-s 6 --step-s 4 --skip memory --minutes 4.5
