@@ -330,25 +330,64 @@ def _smi(query: str, what: str) -> list[list[str]]:
     return [[c.strip() for c in line.split(",")] for line in r.stdout.splitlines() if line.strip()]
 
 
-def _gpu_metrics(metrics_port: int | None) -> dict[str, float]:
-    """Samples of the server's /metrics whose name mentions gpu, cuda or torch (e.g. torch's
-    reserved memory, if the server exports it)."""
+def _scrape(metrics_port: int | None) -> str:
+    """The server's /metrics text ("" without a port or when it does not answer)."""
     if metrics_port is None:
-        return {}
+        return ""
     try:
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=2) as r:
-            text = r.read().decode()
+            return str(r.read().decode())
     except OSError:
-        return {}
+        return ""
+
+
+def _gpu_metrics(metrics_port: int | None) -> dict[str, float]:
+    """Samples of the server's /metrics whose name mentions gpu, cuda or torch (e.g. torch's
+    reserved memory, if the server exports it)."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _scrape(metrics_port).splitlines():
         if line.startswith("#") or not re.match(r"\S*(gpu|cuda|torch)", line, re.I):
             continue
         name, _, value = line.rpartition(" ")
         with contextlib.suppress(ValueError):
             out[name] = float(value)
     return out
+
+
+def loop_lag(metrics_port: int | None) -> tuple[float, float, float] | None:
+    """The servers' event-loop lag histogram summed over their loops: (seconds, samples,
+    samples later than 5 ms); None if the server does not export it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = [0.0, 0.0, 0.0]
+    found = False
+    for family in text_string_to_metric_families(_scrape(metrics_port)):
+        if family.name != "vidtag_event_loop_lag_seconds":
+            continue
+        found = True
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                total[0] += sample.value
+            elif sample.name.endswith("_count"):
+                total[1] += sample.value
+                total[2] += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.005":
+                total[2] -= sample.value
+    return (total[0], total[1], total[2]) if found else None
+
+
+def lag_summary(
+    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
+) -> dict[str, float] | None:
+    """Mean event-loop lag (ms) over a step and the share of samples later than 5 ms (%)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    n = after[1] - before[1]
+    return {
+        "mean_ms": (after[0] - before[0]) / n * 1000,
+        "over_5ms_pct": 100 * (after[2] - before[2]) / n,
+    }
 
 
 def memory_sample(pid: int, metrics_port: int | None) -> dict[str, Any]:
@@ -492,10 +531,12 @@ class Load:
         warmup: int = 0,
         server_pid: int | None = None,
         input: InputMode = "bytes",
+        metrics_port: int | None = None,
     ) -> dict[str, Any]:
         """Warm-up requests (not counted), then one measured step; its bench summary plus
-        client and server CPU use (cores busy on average) and payload MB/s uploaded (0 with
-        `input="path"`: the requests carry file paths and the server reads the files)."""
+        client and server CPU use (cores busy on average), payload MB/s uploaded (0 with
+        `input="path"`: the requests carry file paths and the server reads the files) and,
+        from the server's metrics, its event loop's lag."""
         strs = [str(p) for p in paths]
         if warmup:
             plan = Plan(concurrencies=(concurrency,), requests=warmup)
@@ -508,6 +549,7 @@ class Load:
         if requests is not None:
             reqs = [requests // n + (i < requests % n) for i in range(n)]
         srv0 = cpu_seconds(server_pid) if server_pid else (0.0, 0.0)
+        lag0 = loop_lag(metrics_port)
         t0 = time.monotonic()
         with GpuSampler() as gpu:
             if n == 1 or self.pool is None:
@@ -558,6 +600,7 @@ class Load:
         summary["server_cpu_cores"] = srv  # server and decode worker processes
         summary["decoder_cpu_cores"] = decoders  # the decode worker processes among them
         summary["gpu_utilization_pct"] = gpu.summary()
+        summary["loop_lag"] = lag_summary(lag0, loop_lag(metrics_port))
         return summary
 
 
@@ -770,6 +813,7 @@ def run_config(
                         warmup=5,
                         server_pid=pid,
                         input=inp,
+                        metrics_port=metrics_port,
                     )
                     rec["steps"][key] = s
                     _print_step(1, s)
@@ -795,6 +839,7 @@ def run_config(
                         warmup=c,
                         server_pid=pid,
                         input=inp,
+                        metrics_port=metrics_port,
                     )
                     rec["steps"][key] = s
                     _print_step(c, s)
@@ -811,12 +856,12 @@ def run_config(
 
 
 def _print_step(c: int, s: dict[str, Any]) -> None:
-    lat, srv = s["latency_ms"], s["server_ms"]
+    lat, srv, lag = s["latency_ms"], s["server_ms"], s.get("loop_lag")
     print(
         f"  c={c:<4d} {s['input']:<5} {s['ok']:>6d} ok {s['requests'] - s['ok']:>4d} failed  "
         f"{s['throughput_clips_s']:8.1f} clips/s  p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])} ms"
         f"  (decode {_ms(srv.get('decode_ms'))}, inference {_ms(srv.get('inference_ms'))}, "
-        f"batch {srv.get('batch_size', 0.0):.1f})",
+        f"batch {srv.get('batch_size', 0.0):.1f}, loop lag {_ms((lag or {}).get('mean_ms'))})",
         flush=True,
     )
 
@@ -941,7 +986,7 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
         f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
         f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'decCPU':>6} "
         f"{'cliCPU':>6} "
-        f"{'GPU%':>5} {'NVDEC%':>6}"
+        f"{'GPU%':>5} {'NVDEC%':>6} {'lag':>5}"
     )
     rows = [head, "-" * len(head)]
     for c in configs:
@@ -962,7 +1007,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
                 f"{_ms(srv.get('e2e_minus_total_ms')):>7} {srv.get('batch_size', 0.0):>5.1f} "
                 f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {_ms(s.get('decoder_cpu_cores')):>6} "
                 f"{s['client_cpu']:>6.2f} "
-                f"{_pct(gpu.get('gpu_mean')):>5} {_pct(gpu.get('decoder_mean')):>6}"
+                f"{_pct(gpu.get('gpu_mean')):>5} {_pct(gpu.get('decoder_mean')):>6} "
+                f"{_ms((s.get('loop_lag') or {}).get('mean_ms')):>5}"
             )
         if not c["steps"]:
             rows.append(f"{pre} (no load steps)")
@@ -1314,7 +1360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "path row, throughput rows with --throughput-inputs path; memory uploads); MB/s uploaded; "
         "srvCPU = server cores busy (decode workers included); decCPU = decode workers' "
         "cores busy; cliCPU = busiest client process; GPU%/NVDEC% = mean "
-        "utilisation from nvidia-smi)"
+        "utilisation from nvidia-smi; lag = the server's mean event-loop lag, from "
+        "vidtag_event_loop_lag_seconds)"
     )
     if any("memory" in c for c in report["configs"]):
         print("\n" + memory_table(report["configs"]))

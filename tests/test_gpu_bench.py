@@ -128,6 +128,29 @@ def test_only_and_skip_select_configurations() -> None:
     assert gpu._wanted({"model": "r2plus1d_18"}, ["nvdec", "memory"], [])
 
 
+def test_loop_lag_is_read_from_the_server_metrics() -> None:
+    """The step's event-loop lag: mean and share beyond 5 ms of the samples taken during it,
+    summed over every loop the metrics show (one per server process)."""
+    from vidtag.server.metrics import Metrics
+
+    gpu = _load()
+    metrics = Metrics()
+    port = metrics.serve(0, "127.0.0.1")
+    try:
+        assert gpu.loop_lag(port) == (0.0, 0.0, 0.0)
+        before = gpu.loop_lag(port)
+        for seconds in (0.001, 0.002, 0.009, 0.04):
+            metrics.loop_lag.observe(seconds)
+        after = gpu.loop_lag(port)
+    finally:
+        metrics.close()
+    lag = gpu.lag_summary(before, after)
+    assert lag is not None
+    assert lag["mean_ms"] == pytest.approx(13.0) and lag["over_5ms_pct"] == pytest.approx(50.0)
+    assert gpu.lag_summary(after, after) is None  # no sample in the step
+    assert gpu.loop_lag(None) is None and gpu.lag_summary(None, after) is None
+
+
 @pytest.mark.slow
 def test_dry_run_reports_every_section(tmp_path: Path) -> None:
     """The whole benchmark on the CPU (about 110 s on 2 cores): every section has numbers,

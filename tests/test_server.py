@@ -242,6 +242,39 @@ def test_metrics_endpoint_counts_requests_and_stages(
     assert "vidtag_batch_size_bucket" in text and "vidtag_queue_depth" in text
 
 
+def test_event_loop_lag_is_sampled(server: VidtagServer) -> None:
+    """A loop held for 0.3 s shows as one late timer of about that length; the server
+    samples its own loop from the start."""
+    import asyncio
+
+    from vidtag.server.metrics import Metrics
+
+    assert server.metrics_port
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    _wait_for(lambda: "vidtag_event_loop_lag_seconds_count 0.0" not in _get(url))
+    metrics = Metrics()
+
+    async def held() -> None:
+        watcher = asyncio.create_task(metrics.watch_loop(0.02))
+        await asyncio.sleep(0.1)
+        time.sleep(0.3)  # nothing else runs on the loop meanwhile
+        await asyncio.sleep(0.1)
+        watcher.cancel()
+
+    asyncio.run(held())
+    value = metrics.registry.get_sample_value
+    count = value("vidtag_event_loop_lag_seconds_count")
+    assert count is not None and count >= 5
+    assert (value("vidtag_event_loop_lag_seconds_sum") or 0.0) >= 0.25
+    assert count - (value("vidtag_event_loop_lag_seconds_bucket", {"le": "0.25"}) or 0.0) == 1
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
 def _wait_for(check: Any, timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while not check():

@@ -195,6 +195,7 @@ class VidtagServer:
         self._stopped = asyncio.Event()
         self._refused: dict[tuple[str, str], float] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None  # samples the event loop's lag
         self._ready = False  # models loaded: health SERVING
 
     async def start(self) -> int:
@@ -236,6 +237,7 @@ class VidtagServer:
             raise OSError(f"could not bind {cfg.address}")
         await server.start()
         self._server, self.port = server, port
+        self._lag = asyncio.create_task(self.metrics.watch_loop())
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
@@ -370,8 +372,9 @@ class VidtagServer:
         if self._stopped.is_set():
             return
         grace = self.config.grace_s if grace is None else grace
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._lag):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         log.info(
             "shutting down: NOT_SERVING, %d request(s) in flight, grace %.1f s",

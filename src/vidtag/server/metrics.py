@@ -7,6 +7,7 @@ batcher), `inference` (the batch's network run), `total` (server-side, request i
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -17,6 +18,8 @@ LATENCY_BUCKETS = (
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+LAG_EVERY_S = 0.1  # how often the event loop's lag is sampled
 STAGES = ("decode", "queue", "inference", "total")
 
 
@@ -57,6 +60,12 @@ class Metrics:
             "Shared memory carrying uploads to decode workers (in use and kept for reuse).",
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "vidtag_event_loop_lag_seconds",
+            f"How late the server's event loop ran a timer (sampled every {LAG_EVERY_S} s): "
+            "the time a request that became ready waited for the loop to finish other work.",
+            buckets=LAG_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "vidtag_model_info", "Loaded models (value 1), with their identity as labels.",
             ["name", "version", "arch", "default"], registry=r,
@@ -71,6 +80,14 @@ class Metrics:
         for stage in STAGES:
             if stage in seconds:
                 self.stage_seconds.labels(stage).observe(max(seconds[stage], 0.0))
+
+    async def watch_loop(self, every_s: float = LAG_EVERY_S) -> None:
+        """Observe the running loop's lag every `every_s` seconds, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            self.loop_lag.observe(max(loop.time() - due, 0.0))
 
     def set_models(self, models: list[tuple[str, str, str, bool]]) -> None:
         """(name, version, arch, is_default) of every loaded model."""
