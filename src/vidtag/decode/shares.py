@@ -103,6 +103,7 @@ def merge_shares(parts: Sequence[DecodedClip | BaseException]) -> DecodedClip:
         packets_planned=sum(c.packets_planned for c in clips),
         corrupt_packets=sum(c.corrupt_packets for c in clips),
         mean_deviation=float(np.mean(np.abs(stamps - targets))),
-        seconds=max(c.seconds for c in clips),
+        # The slowest share, one that planned only (more shares than GOPs) included.
+        seconds=max(p.seconds for p in parts if isinstance(p, DecodedClip)),
         positions=(),
     )
