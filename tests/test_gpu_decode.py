@@ -114,6 +114,70 @@ def test_router_fills_routes_in_proportion_to_capacity() -> None:
         HybridStage([Route("cpu", blocking("cpu"), 0)])
 
 
+def test_router_sends_each_request_where_it_finishes_first() -> None:
+    """Once every route has decoded: the fastest route with a free decoder; with none free,
+    the route where mean decode x load is least (the slower side takes the excess)."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    def timed(name: str, seconds: float) -> Any:
+        async def stage(video: bytes, model: Any, deadline: float | None) -> Decoded:
+            seen.append(name)
+            await release.wait()
+            return None, name, seconds  # type: ignore[return-value]
+
+        return stage
+
+    async def burst(router: HybridStage, n: int) -> None:
+        """`n` requests at once, then all decoded."""
+        release.clear()
+        jobs = [asyncio.create_task(router(b"", None, None)) for _ in range(n)]  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*jobs)
+
+    async def main() -> None:
+        fast, slow = Route("nvdec", timed("nvdec", 0.025), 2), Route("cpu", timed("cpu", 0.05), 2)
+        router = HybridStage([fast, slow])
+        # Neither has decoded yet: the load decides (n c), and both are timed.
+        await burst(router, 2)
+        assert seen == ["nvdec", "cpu"] and (fast.decode_s, slow.decode_s) == (0.025, 0.05)
+        seen.clear()
+        await burst(router, 8)
+        # Free decoders, fastest first (n n c c), then 25 ms x (n + 1) / 2 against
+        # 50 ms x (m + 1) / 2 = 75 ms, ties to nvdec.
+        assert seen == ["nvdec"] * 2 + ["cpu"] * 2 + ["nvdec"] * 4
+        assert (fast.in_flight, slow.in_flight) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_router_simulation_runs() -> None:
+    """benchmarks/hybrid_router.py, briefly: every rule routes every request."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "hybrid_router.py"), "--concurrency", "4",
+         "--rates", "100", "--seconds", "0.3"],
+        check=True, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(root / "src")},
+    ).stdout  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if "req/s" in line]
+    assert [r[1] for r in rows] == ["router", "load", "finish"] * 2
+    assert all(float(r[2]) > 0 for r in rows)
+
+
+def test_router_times_routes_by_their_recent_decodes() -> None:
+    route = Route("cpu", None, 1)  # type: ignore[arg-type]
+    route.observe(0.05)
+    assert route.decode_s == 0.05
+    for _ in range(40):
+        route.observe(0.01)
+    assert route.decode_s == pytest.approx(0.01, abs=1e-3)
+
+
 def test_hybrid_requests_are_tagged_through_both_decoders_and_one_batcher(
     tagger: Tagger, executor: ThreadPoolExecutor, clip_bytes: bytes
 ) -> None:
