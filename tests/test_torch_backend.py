@@ -212,5 +212,6 @@ def test_cuda_upload_neither_waits_for_the_default_stream_nor_races_it() -> None
         torch.cuda._sleep(1_000_000_000)  # the upload stream is late this time
     other = 255 - frames  # not what the reused memory may still hold
     x = frames_on_device(other, spec, "cuda")
+    assert not _upload_stream(torch.device("cuda")).query()  # nor waits for its own stream
     y = x * 1.0  # default stream: must wait for the upload
     np.testing.assert_allclose(y.cpu().numpy(), preprocess(other, spec), atol=1e-5)

@@ -44,5 +44,20 @@ def preprocess_tensor(frames: Any, spec: InputSpec) -> Any:
     x = frames.permute(1, 0, 2, 3).float()
     if not frames.is_floating_point():
         x = x * (1.0 / 255.0)
-    mean, inv_std = (x.new_tensor(a) for a in normalisation(spec))
+    mean, inv_std = _normalisation_like(x, spec)
     return ((x - mean) * inv_std).contiguous()
+
+
+# (mean, std, device, dtype) -> `normalisation` as tensors there. Made once per model and
+# device: a tensor made from host values is a copy from pageable memory, which on CUDA waits
+# for everything queued on the current stream first (per request, that stalled the caller).
+_ON_DEVICE: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+
+def _normalisation_like(x: Any, spec: InputSpec) -> tuple[Any, Any]:
+    key = (spec.mean, spec.std, str(x.device), x.dtype)
+    stats = _ON_DEVICE.get(key)
+    if stats is None:
+        mean, inv_std = (x.new_tensor(a) for a in normalisation(spec))
+        stats = _ON_DEVICE[key] = (mean, inv_std)
+    return stats
