@@ -13,6 +13,11 @@ from typing import Any, NamedTuple
 from vidtag.decode.limits import DecodeLimits
 from vidtag.errors import InvalidVideo, LimitExceeded
 
+# open() flags: read-only and not inherited by child processes; READ_UNTRUSTED also refuses a
+# final symbolic link and does not block on a FIFO (a path a client named, or a checked file).
+READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+READ_UNTRUSTED = READ | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+
 
 class FileRef(NamedTuple):
     """A file someone else checked (the server's path inputs): opened here only if the path
@@ -76,7 +81,7 @@ class Source:
             if not path.is_file():
                 raise InvalidVideo(f"no such file: {path}")
             self.size = path.stat().st_size
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fd = os.open(path, READ)
             self._path = str(path)
         try:
             self._check(limits)
@@ -129,7 +134,7 @@ class Source:
 def map_spooled(ref: SpoolRef) -> mmap.mmap:
     """`ref`'s bytes, mapped read-only (OSError if that process's descriptor cannot be
     opened from here)."""
-    fd = os.open(f"/proc/{ref.pid}/fd/{ref.fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(f"/proc/{ref.pid}/fd/{ref.fd}", READ)
     try:
         if os.fstat(fd).st_size < ref.size:
             raise OSError(f"shared upload segment is shorter than its {ref.size} bytes")
@@ -149,9 +154,8 @@ def spooled_bytes(ref: SpoolRef) -> bytes:
 
 def open_same(ref: FileRef) -> int:
     """A read-only descriptor of `ref.path`, if it is still `ref`'s regular file."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(ref.path, flags)
+        fd = os.open(ref.path, READ_UNTRUSTED)
     except OSError as exc:
         raise InvalidVideo(f"the file changed after it was checked: {exc.strerror}") from None
     info = os.fstat(fd)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from vidtag.decode.source import FileRef
+from vidtag.decode.source import READ_UNTRUSTED, FileRef
 from vidtag.server.errors import RpcFailure
 
 
@@ -68,9 +68,8 @@ class PathInputs:
         (blocking: call off the event loop): a decoder opens it itself and reads only what it
         needs (`vidtag.decode.source.FileRef`: the same file or an error)."""
         real = self.resolve(path)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(real, flags)
+            fd = os.open(real, READ_UNTRUSTED)
         except FileNotFoundError:
             raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "no such file") from None
         except OSError as exc:
