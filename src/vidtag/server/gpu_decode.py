@@ -212,13 +212,12 @@ class HybridStage:
         self.routes = tuple(routes)
 
     def pick(self) -> Route:
-        timed = [(r, r.decode_s) for r in self.routes if r.decode_s is not None]
-        if len(timed) < len(self.routes):
+        if any(r.decode_s is None for r in self.routes):
             return min(self.routes, key=Route.load)
-        free = [(r, s) for r, s in timed if r.in_flight < r.capacity]
+        free = [r for r in self.routes if r.in_flight < r.capacity]
         if free:
-            return min(free, key=lambda rs: rs[1])[0]
-        return min(timed, key=lambda rs: rs[1] * rs[0].load())[0]
+            return min(free, key=lambda r: r.decode_s or 0.0)
+        return min(self.routes, key=lambda r: (r.decode_s or 0.0) * r.load())
 
     async def __call__(self, video: Input, model: ServedModel, deadline: float | None) -> Decoded:
         route = self.pick()
