@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vidtag.server.gpu_decode import HybridStage, Route
+from vidtag.server.pipeline import Decoded
 
 
 def simulated(decoders: int, seconds: float) -> Callable[..., Any]:
@@ -33,7 +34,7 @@ def simulated(decoders: int, seconds: float) -> Callable[..., Any]:
     async def stage(video: Any, model: Any, deadline: float | None) -> Any:
         async with free:
             await asyncio.sleep(seconds)
-        return None, None, seconds
+        return Decoded(None, None, seconds, 0.0, 0.0, 0.0)  # type: ignore[arg-type]
 
     return stage
 

@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,9 +68,13 @@ def test_nvdec_stage_leaves_normalised_frames_on_the_device(
     _, pool = _fake_pool()
     stage = NvdecStage(pool, DecodeLimits(), workers=2, max_pending=4)
     model = _served(tagger, executor)
-    clip, x, seconds = asyncio.run(stage(clip_bytes, model, None))
+    start = time.monotonic()
+    decoded = asyncio.run(stage(clip_bytes, model, None))
+    clip, x, seconds = decoded.clip, decoded.x, decoded.seconds
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
     assert tuple(x.shape) == (3, 8, 160, 96) and seconds > 0
+    assert start <= decoded.began < decoded.received <= decoded.ready <= time.monotonic()
+    assert decoded.received - decoded.began == pytest.approx(seconds)  # decoded in this process
     assert clip.frames.shape[0] == 0  # metadata only: no frames kept alive
     ref = tagger.decode(clip_bytes)  # PyAV on the CPU
     assert (clip.width, clip.height, clip.timestamps) == (ref.width, ref.height, ref.timestamps)
@@ -90,7 +95,7 @@ def test_router_fills_routes_in_proportion_to_capacity() -> None:
         async def stage(video: bytes, model: Any, deadline: float | None) -> Decoded:
             seen.append(name)
             await release.wait()
-            return None, name, 0.0  # type: ignore[return-value]
+            return Decoded(None, name, 0.0, 0.0, 0.0, 0.0)  # type: ignore[arg-type]
 
         return stage
 
@@ -104,7 +109,7 @@ def test_router_fills_routes_in_proportion_to_capacity() -> None:
         assert seen == ["nvdec", "nvdec", "cpu", "nvdec", "nvdec", "cpu"]
         assert [r.in_flight for r in router.routes] == [4, 2]
         release.set()
-        assert [x for _, x, _ in await asyncio.gather(*jobs)] == seen
+        assert [d.x for d in await asyncio.gather(*jobs)] == seen
         assert [r.in_flight for r in router.routes] == [0, 0]
         await router(b"", None, None)  # type: ignore[arg-type]
         assert router.counts() == {"nvdec": 5, "cpu": 2}  # idle: the first route
@@ -124,7 +129,7 @@ def test_router_sends_each_request_where_it_finishes_first() -> None:
         async def stage(video: bytes, model: Any, deadline: float | None) -> Decoded:
             seen.append(name)
             await release.wait()
-            return None, name, seconds  # type: ignore[return-value]
+            return Decoded(None, name, seconds, 0.0, 0.0, 0.0)  # type: ignore[arg-type]
 
         return stage
 
@@ -190,7 +195,7 @@ def test_hybrid_requests_are_tagged_through_both_decoders_and_one_batcher(
     model = _served(tagger, executor)
 
     async def one() -> tuple[Any, np.ndarray]:
-        _, x, _ = await router(clip_bytes, model, None)
+        x = (await router(clip_bytes, model, None)).x
         scores, *_ = await model.batcher.submit(x)
         return x, scores
 
@@ -271,7 +276,7 @@ def test_nvdec_stage_sheds_beyond_its_queue(
 
     def slow(video: bytes, model: Any, pool: Any, limits: Any) -> Decoded:
         gate.wait(10)
-        return None, video, 0.0  # type: ignore[return-value]
+        return Decoded(None, video, 0.0, 0.0, 0.0, 0.0)  # type: ignore[arg-type]
 
     monkeypatch.setattr(gpu_decode, "decode_on_device", slow)
     _, pool = _fake_pool()
@@ -287,7 +292,7 @@ def test_nvdec_stage_sheds_beyond_its_queue(
             await stage(b"c", model, None)
         assert exc_info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
         gate.set()
-        assert [r[1] for r in await asyncio.gather(running, queued)] == [b"a", b"b"]
+        assert [r.x for r in await asyncio.gather(running, queued)] == [b"a", b"b"]
         await asyncio.sleep(0.01)  # the done-callbacks run on the loop
         assert stage.in_flight == 0
 
@@ -509,8 +514,9 @@ def test_an_nvdec_worker_sets_its_waits_then_decodes_a_spooled_upload(
         task_w.send((7, spec, DecodeLimits(), seg.ref()))
         task_w.send_bytes(b"")
         assert result_r.poll(60)
-        kind, task_id, clip = result_r.recv()
-        assert (kind, task_id) == ("ok", 7)
+        before = time.monotonic()
+        kind, task_id, clip, began = result_r.recv()
+        assert (kind, task_id) == ("ok", 7) and began < before
         want = sample_frames(clip_bytes, spec, backend="nvdec")
         assert np.array_equal(clip.frames, want.frames) and clip.timestamps == want.timestamps
     finally:

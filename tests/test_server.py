@@ -100,9 +100,23 @@ def test_tag_video_happy_path(client: VidtagClient, clip_bytes: bytes) -> None:
     assert v.duration == pytest.approx(4.0, abs=0.1) and v.fps == pytest.approx(25.0)
     assert v.frames_decoded > 0 and len(v.sampled_timestamps) > 0
     assert result.timings["total"] > 0 and result.timings["total"] >= result.timings["decode"]
+    _check_timings([result])
     info = client.model_info()
     assert result.embedding is not None and result.embedding.shape == (info.embedding_dim,)
     assert result.embedding.dtype == np.float32
+
+
+def _check_timings(results: list[Any]) -> None:
+    """The stages add up to the total (ms on the wire: rounding only), and the measured parts
+    of the queue are within it."""
+    for r in results:
+        t = r.timings
+        steps = ("decode", "preprocess", "inference", "postprocess", "queue")
+        assert sum(t[k] for k in steps) == pytest.approx(t["total"], abs=1e-6), t
+        parts = t["decode_wait"] + t["transfer"] + t["batch_wait"]
+        assert all(t[k] >= 0 for k in (*steps, "decode_wait", "transfer", "batch_wait")), t
+        assert parts <= t["queue"] + 1e-6, t
+        assert t["decode"] > 0 and t["preprocess"] > 0 and t["inference"] > 0, t
 
 
 def test_threshold_zero_is_not_unset(client: VidtagClient, clip_bytes: bytes) -> None:
@@ -321,6 +335,12 @@ def test_concurrent_requests_share_inference_batches(model_repo: Path, clip_byte
         results = list(pool.map(lambda _: c.tag(clip_bytes), range(4)))
     sizes = [r.timings["batch_size"] for r in results]
     assert max(sizes) > 1 and max(sizes) <= 4, sizes
+    _check_timings(results)
+    # Two decoders, four requests at once: two waited for a decoder while the first two were
+    # decoded, and in a shared batch, the first ready waited for the others.
+    t = [r.timings for r in results]
+    assert sorted(x["decode_wait"] for x in t)[2] > 0.5 * min(x["decode"] for x in t), t
+    assert max(x["batch_wait"] for x in t) > 0, t
     assert len({tuple(r.all_scores.round(5)) for r in results}) == 1  # same clip, same answer
 
 

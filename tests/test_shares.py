@@ -111,7 +111,7 @@ def test_idle_pool_workers_share_a_clip(gops8: bytes, tmp_path: Path) -> None:
         await pool.start()
         try:
             stage = pool_decode_stage(pool, DecodeLimits(), None, shares=3)
-            clip, _, _ = await stage(gops8, model, None)  # type: ignore[arg-type]
+            clip = (await stage(gops8, model, None)).clip  # type: ignore[arg-type]
             tasks = [w.done for w in pool._workers]
             with pytest.raises(InvalidVideo, match="not a readable video container"):
                 await stage(b"garbage" * 100, model, None)  # type: ignore[arg-type]

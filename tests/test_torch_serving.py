@@ -103,7 +103,6 @@ def test_decode_workers_send_uint8_frames(h264_clip: Path) -> None:
     import torch
 
     from vidtag.decode import DecodeLimits, sample_frames
-    from vidtag.decode.result import DecodedClip
     from vidtag.runtime.preprocess import preprocess
     from vidtag.server.decode_pool import DecodedResult
     from vidtag.server.pipeline import pool_decode_stage
@@ -117,17 +116,15 @@ def test_decode_workers_send_uint8_frames(h264_clip: Path) -> None:
 
         async def decode(self, data: bytes, spec: Any, limits: Any, deadline: Any) -> DecodedResult:
             asked.append(deadline)
-            return DecodedResult(clip)
+            return DecodedResult(clip, time.monotonic())
 
     model = type("M", (), {"tagger": tagger, "meta": tagger.meta})()
-    got: tuple[DecodedClip, Any, float] = asyncio.run(
+    got = asyncio.run(
         pool_decode_stage(Pool(), DecodeLimits(), "cpu")(b"", model, None)  # type: ignore[arg-type]
-    )
-    assert isinstance(got[1], torch.Tensor) and got[1].dtype == torch.float32
-    np.testing.assert_allclose(
-        got[1].numpy(), preprocess(clip.frames, tagger.meta.input), atol=1e-6
-    )
-    host = asyncio.run(pool_decode_stage(Pool(), DecodeLimits())(b"", model, None))  # type: ignore[arg-type]
+    ).x
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), preprocess(clip.frames, tagger.meta.input), atol=1e-6)
+    host = asyncio.run(pool_decode_stage(Pool(), DecodeLimits())(b"", model, None)).x  # type: ignore[arg-type]
     # The ONNX path also gets uint8 frames through the pipe and normalises them on the host.
-    assert asked == [None, None] and isinstance(host[1], np.ndarray)
-    np.testing.assert_array_equal(host[1], preprocess(clip.frames, tagger.meta.input))
+    assert asked == [None, None] and isinstance(host, np.ndarray)
+    np.testing.assert_array_equal(host, preprocess(clip.frames, tagger.meta.input))

@@ -141,6 +141,10 @@ class Step:
         return cols
 
 
+# Parts of the server's `queue_ms` it reports on their own, as the step line names them.
+WAITS = (("decoder", "decode_wait_ms"), ("transfer", "transfer_ms"), ("batch", "batch_wait_ms"))
+
+
 def server_split(ok: Sequence[Sample]) -> dict[str, float]:
     """Mean server-side stage times (ms) over successful samples: every numeric field seen, plus
     `other_ms` (total - decode - inference) and `e2e_minus_total_ms` (end-to-end - total)."""
@@ -543,6 +547,15 @@ def format_step(summary: dict[str, Any]) -> str:
         ]
         # Fields a server may leave at 0 when it has no queue or batcher: shown when used.
         extra = [f"queue {_ms(srv['queue_ms'])}"] if srv.get("queue_ms", 0.0) > 0 else []
+        waits = [
+            f"{name} {_ms(srv[key])}"
+            for name, key in WAITS
+            if srv.get(key, 0.0) > 0  # servers before these fields, or a stage it lacks
+        ]
+        if extra and waits:
+            extra[0] += f" ({', '.join(waits)})"
+        if srv.get("preprocess_ms", 0.0) > 0:
+            extra.append(f"preprocess {_ms(srv['preprocess_ms'])}")
         if srv.get("batch_size", 0.0) > 0:
             extra.append(f"batch {srv['batch_size']:.2f}")
         if extra:

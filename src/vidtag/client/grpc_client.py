@@ -70,6 +70,9 @@ def response_to_result(response: pb.TagVideoResponse) -> TagResult:
             "inference": t.inference_ms / 1000.0,
             "postprocess": t.postprocess_ms / 1000.0,
             "queue": t.queue_ms / 1000.0,
+            "decode_wait": t.decode_wait_ms / 1000.0,
+            "transfer": t.transfer_ms / 1000.0,
+            "batch_wait": t.batch_wait_ms / 1000.0,
             "total": t.total_ms / 1000.0,
             "batch_size": float(t.batch_size),  # a count, not seconds
         },

@@ -114,9 +114,11 @@ class DecodePoolConfig:
 
 @dataclass(frozen=True)
 class DecodedResult:
-    """A decode done in a worker: the clip with its (T, H, W, 3) uint8 frames."""
+    """A decode done in a worker: the clip with its (T, H, W, 3) uint8 frames, and when the
+    worker started on it (`time.monotonic()`: CLOCK_MONOTONIC, the server's clock too)."""
 
     clip: DecodedClip
+    began: float
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ class DecodedResult:
 # bytes as one raw message (empty when `file`, a path, FileRef or SpoolRef, names the input); a
 # pickled None alone: exit.
 # Replies: ("ready", pid, reads the spool) | ("failed", reason: warm-up, then exit)
-# | ("ok", task_id, clip)
+# | ("ok", task_id, clip, when decoding began: time.monotonic())
 # | ("err", task_id, pickled exception or None, type name, message, formatted traceback).
 
 
@@ -190,7 +192,9 @@ def _worker_main(
             if marker is not None and data.startswith(marker):
                 data = _test_hook(data[len(marker) :])
             source = data if file is None else file
-            reply: tuple[Any, ...] = ("ok", task_id, sample_frames(source, spec, limits, backend))
+            began = time.monotonic()
+            decoded = sample_frames(source, spec, limits, backend)
+            reply: tuple[Any, ...] = ("ok", task_id, decoded, began)
         except Exception as exc:
             reply = ("err", task_id, *_pack_error(exc))
         try:
@@ -787,7 +791,7 @@ class DecodePool:
             elif kind == "failed":
                 worker.failure = msg[1]  # read by _on_exit, posted after this
             elif kind == "ok":
-                self._post(self._on_reply, worker, msg[1], DecodedResult(msg[2]))
+                self._post(self._on_reply, worker, msg[1], DecodedResult(msg[2], msg[3]))
             else:
                 self._post(
                     self._on_reply,

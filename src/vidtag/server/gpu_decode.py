@@ -93,10 +93,11 @@ def decode_on_device(
     """Decode with NVDEC and preprocess on the device, in the calling thread."""
     from vidtag.decode.nvdec_backend import sample_nvdec_cuda
 
-    t0 = time.perf_counter()
+    began = time.monotonic()
     clip = sample_nvdec_cuda(video, model.tagger.spec, limits, pool=pool, dtype="float32")
-    x = preprocess_tensor(clip.frames, model.meta.input)
-    return metadata_only(clip), x, time.perf_counter() - t0
+    decoded = time.monotonic()
+    x = preprocess_tensor(clip.frames, model.meta.input)  # queued on the GPU, not waited for
+    return Decoded(metadata_only(clip), x, decoded - began, began, decoded, time.monotonic())
 
 
 class NvdecStage:
@@ -227,7 +228,7 @@ class HybridStage:
             decoded = await route.stage(video, model, deadline)
         finally:
             route.in_flight -= 1
-        route.observe(decoded[2])
+        route.observe(decoded.seconds)
         return decoded
 
     def counts(self) -> dict[str, int]:

@@ -12,7 +12,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -29,9 +29,35 @@ from vidtag.server.decode_pool import DecodedResult, DecodePool
 from vidtag.server.errors import RpcFailure
 from vidtag.server.metrics import Metrics
 
-# clip, preprocessed (3,T,H,W) float32 (numpy, or a torch tensor on the GPU path), decode seconds
-Decoded = tuple[DecodedClip, Any, float]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request's decode: the clip, the model's input `x` ((3, T, H, W) float32: numpy, or a
+    torch tensor on the GPU path), and when each step happened, on the `time.monotonic()`
+    clock: CLOCK_MONOTONIC on Linux, one clock for the server and its decode workers, so a
+    worker's stamp compares with the server's."""
+
+    clip: DecodedClip
+    x: Any
+    seconds: float  # the decoder's own time (a split clip's slowest share)
+    began: float  # the decoder started on it (a split clip's first share)
+    received: float  # its frames were back in the server's process
+    ready: float  # `x` was made
+
+    def stages(self, start: float) -> dict[str, float]:
+        """Seconds from `start` (the request's arrival) to `ready`, by step: waiting for a
+        decoder and handing it the input (`decode_wait`), `decode`, getting the frames back
+        (`transfer`: a worker's reply through its pipe), and `preprocess`."""
+        return {
+            "decode_wait": max(self.began - start, 0.0),
+            "decode": self.seconds,
+            "transfer": max(self.received - self.began - self.seconds, 0.0),
+            "preprocess": max(self.ready - self.received, 0.0),
+        }
+
+
 DecodeStage = Callable[[Input, "ServedModel", float | None], Awaitable[Decoded]]
 
 
@@ -89,11 +115,15 @@ class ServedModel:
         )
 
     def _infer(self, batch: Any) -> tuple[np.ndarray, ...]:
+        """Scores and embeddings, then for every row: the batch's size, its inference seconds,
+        and when it started (`time.monotonic()`)."""
+        began = time.monotonic()
         t0 = time.perf_counter()
         narrow = self._narrow if self._busy is not None and self._busy() else None
         scores, emb = self.tagger.infer(batch, narrow)
         n = len(batch)
-        return scores, emb, np.full(n, n), np.full(n, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        return scores, emb, np.full(n, n), np.full(n, seconds), np.full(n, began)
 
     def warmup(self, decode: bool = True) -> None:
         """Decode (in this process) and infer once, then infer at the largest batch (blocking)."""
@@ -112,10 +142,11 @@ class ServedModel:
 
     def decode_here(self, video: Input) -> Decoded:
         """Decode and preprocess in the calling thread (the in-process decode stage)."""
-        t0 = time.perf_counter()
+        began = time.monotonic()
         clip = self.tagger.decode(video)
+        decoded = time.monotonic()
         x = preprocess(clip.frames, self.meta.input)
-        return clip, x, time.perf_counter() - t0
+        return Decoded(clip, x, decoded - began, began, decoded, time.monotonic())
 
 
 def before_deadline(deadline: float | None, fn: Callable[[], T]) -> T:
@@ -178,12 +209,17 @@ def pool_decode_stage(
                 return_exceptions=True,
             )
             clip = merge_shares([p.clip if isinstance(p, DecodedResult) else p for p in parts])
+            began = min(p.began for p in parts if isinstance(p, DecodedResult))
         else:
-            clip = (await pool.decode(video, spec, limits, deadline)).clip
+            one = await pool.decode(video, spec, limits, deadline)
+            clip, began = one.clip, one.began
+        received = time.monotonic()
         if device is None:
-            return clip, preprocess(clip.frames, model.meta.input), clip.seconds
-        from vidtag.runtime.upload import frames_on_device  # torch: the GPU image only
+            x = preprocess(clip.frames, model.meta.input)
+        else:
+            from vidtag.runtime.upload import frames_on_device  # torch: the GPU image only
 
-        return clip, frames_on_device(clip.frames, model.meta.input, device), clip.seconds
+            x = frames_on_device(clip.frames, model.meta.input, device)
+        return Decoded(clip, x, clip.seconds, began, received, time.monotonic())
 
     return stage

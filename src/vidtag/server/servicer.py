@@ -171,6 +171,10 @@ def result_to_proto(result: TagResult, *, return_embedding: bool) -> pb.TagVideo
             inference_ms=t.get("inference", 0.0) * 1000.0,
             postprocess_ms=t.get("postprocess", 0.0) * 1000.0,
             total_ms=t.get("total", 0.0) * 1000.0,
+            queue_ms=t.get("queue", 0.0) * 1000.0,
+            decode_wait_ms=t.get("decode_wait", 0.0) * 1000.0,
+            transfer_ms=t.get("transfer", 0.0) * 1000.0,
+            batch_wait_ms=t.get("batch_wait", 0.0) * 1000.0,
         ),
     )
     response.all_scores.extend(result.all_scores.tolist())
@@ -260,7 +264,7 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
     ) -> pb.TagVideoResponse:
         self.in_flight += 1
         self.metrics.in_flight.inc()
-        t_rpc = time.perf_counter()
+        t_rpc = time.monotonic()  # the clock of the decode stage's stamps
         try:
             with _access_logged(method, context, len(video), self.metrics) as rec:
                 try:
@@ -283,19 +287,23 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                     top_k, threshold = request_options(request)
                     model = self.models.get(request.model_name, request.model_version)
                     rec.model = f"{model.name}/{model.version}"
-                    clip, x, decode_s = await self._decode(source, model, deadline)
-                    t_decoded = time.perf_counter()
-                    scores, emb, batch, infer_s = await model.batcher.submit(x, deadline)
-                    t_inferred = time.perf_counter()
-                    inference = float(infer_s[()])
-                    waited = (t_decoded - t_rpc - decode_s) + (t_inferred - t_decoded - inference)
-                    timings = {"decode": decode_s, "inference": inference, "queue": waited}
-                    result = model.tagger.result(clip, scores, emb, timings, top_k, threshold)
-                    t_done = time.perf_counter()
+                    decoded = await self._decode(source, model, deadline)
+                    scores, emb, batch, infer_s, began = await model.batcher.submit(
+                        decoded.x, deadline
+                    )
+                    t_inferred = time.monotonic()
+                    timings = decoded.stages(t_rpc)
+                    timings["batch_wait"] = max(float(began[()]) - decoded.ready, 0.0)
+                    timings["inference"] = float(infer_s[()])
+                    worked = timings["decode"] + timings["preprocess"] + timings["inference"]
+                    timings["queue"] = t_inferred - t_rpc - worked
+                    result = model.tagger.result(
+                        decoded.clip, scores, emb, timings, top_k, threshold
+                    )
+                    t_done = time.monotonic()
                     timings.update(postprocess=t_done - t_inferred, total=t_done - t_rpc)
                     self.metrics.observe_stages(timings)
                     response = result_to_proto(result, return_embedding=request.return_embedding)
-                    response.timings.queue_ms = timings["queue"] * 1000.0
                     response.timings.batch_size = int(batch[()])
                     return response
                 except Exception as exc:
