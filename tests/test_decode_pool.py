@@ -22,6 +22,7 @@ from vidtag.decode import DecodeLimits, SamplingSpec, sample_frames
 from vidtag.decode.source import FileRef, Input, SpoolRef
 from vidtag.errors import InvalidVideo, LimitExceeded
 from vidtag.runtime.device import nvdec_available
+from vidtag.server import decode_pool
 from vidtag.server.background import LoopThread
 from vidtag.server.decode_pool import (
     PIPE_BUFFER,
@@ -189,6 +190,54 @@ def test_uploads_cross_in_shared_memory_or_the_pipe(
     assert np.array_equal(lt.run(decode(pool, clip_bytes)).clip.frames, want)
     assert lt.read(lambda: pool.busy) == 0
     assert "upload spool write failed ([Errno 28] no space left)" in caplog.text
+
+
+def test_frames_come_back_through_a_memfd_or_the_pipe(
+    lt: Loop,
+    pool: DecodePool,
+    clip_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The workers write their frames into a memfd the server reads; where the server cannot
+    open it (a hardened /proc), it says so once and the frames cross the pipe: the same
+    frames either way."""
+    if not spool_supported():
+        pytest.skip("memfd_create and /proc (Linux)")
+    want = sample_frames(clip_bytes, SPEC, LIMITS).frames
+    reads: list[tuple[Any, ...]] = []
+    read_frames = decode_pool._read_frames
+
+    def counted(fd: int, layout: tuple[tuple[int, ...], str]) -> np.ndarray:
+        reads.append(layout)
+        return read_frames(fd, layout)
+
+    monkeypatch.setattr(decode_pool, "_read_frames", counted)  # the reader threads call it
+    assert all(w.frames_fd is not None for w in lt.read(lambda: list(pool._workers)))
+    for data in (clip_bytes, MARKER + b"sleep=0:" + clip_bytes):
+        assert np.array_equal(lt.run(decode(pool, data)).clip.frames, want)
+    assert reads == [(want.shape, "|u1")] * 2
+
+    opened = DecodePool._open_frames
+
+    def refused(self: DecodePool, worker: Any, fd: int | None) -> int | None:
+        return opened(self, worker, 1 << 20)  # no such descriptor in the worker
+
+    caplog.clear()
+    with monkeypatch.context() as m:
+        m.setattr(DecodePool, "_open_frames", refused)
+        other = _start(lt, DecodePoolConfig(workers=2), hook=False)
+    try:
+
+        async def both() -> list[DecodedResult]:
+            return list(await asyncio.gather(decode(other, clip_bytes), decode(other, clip_bytes)))
+
+        for got in lt.run(both()):
+            assert np.array_equal(got.clip.frames, want)
+        assert all(w.frames_fd is None for w in lt.read(lambda: list(other._workers)))
+        assert caplog.text.count("frames memfd") == 1 and len(reads) == 2
+    finally:
+        lt.run(other.stop())
 
 
 def test_a_burst_of_uploads_shares_a_small_spool(lt: Loop, clip_bytes: bytes) -> None:

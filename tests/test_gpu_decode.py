@@ -505,21 +505,35 @@ def test_an_nvdec_worker_sets_its_waits_then_decodes_a_spooled_upload(
     args = (task_r, result_w, None, config, (), None, spool.probe(decode_pool.PROBE))
     worker = threading.Thread(target=decode_pool._worker_main, args=args, daemon=True)
     worker.start()
+    frames_fd = None
     try:
-        assert result_r.poll(60) and result_r.recv() == ("ready", os.getpid(), True)
+        assert result_r.poll(60)
+        kind, pid, maps_spool, frames_fd = result_r.recv()
+        assert (kind, pid, maps_spool) == ("ready", os.getpid(), True)
         assert seen == [*calls, ("warm",)]
         refused = "keeps CUDA's own waits: cuDevicePrimaryCtxSetFlags failed"
         assert (refused in capfd.readouterr().err) == (waits == "spin")
         spec = SamplingSpec(frames=4, height=64, width=32)
-        task_w.send((7, spec, DecodeLimits(), seg.ref()))
+        task_w.send((7, spec, DecodeLimits(), seg.ref(), False))  # frames through the pipe
         task_w.send_bytes(b"")
         assert result_r.poll(60)
         before = time.monotonic()
-        kind, task_id, clip, began = result_r.recv()
-        assert (kind, task_id) == ("ok", 7) and began < before
+        kind, task_id, clip, layout, began = result_r.recv()
+        assert (kind, task_id, layout) == ("ok", 7, None) and began < before
         want = sample_frames(clip_bytes, spec, backend="nvdec")
         assert np.array_equal(clip.frames, want.frames) and clip.timestamps == want.timestamps
+        if frames_fd is not None:  # the same through the worker's frames memfd
+            task_w.send((8, spec, DecodeLimits(), seg.ref(), True))
+            task_w.send_bytes(b"")
+            assert result_r.poll(60)
+            kind, task_id, clip, layout, _ = result_r.recv()
+            assert (kind, task_id, clip.frames.size) == ("ok", 8, 0) and layout is not None
+            with open(f"/proc/self/fd/{frames_fd}", "rb") as f:
+                frames = decode_pool._read_frames(f.fileno(), layout)
+            assert np.array_equal(frames, want.frames)
     finally:
         task_w.send(None)
         worker.join(30)
         spool.close()
+        if frames_fd is not None:
+            os.close(frames_fd)
