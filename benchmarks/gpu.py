@@ -861,7 +861,9 @@ def _print_step(c: int, s: dict[str, Any]) -> None:
         f"  c={c:<4d} {s['input']:<5} {s['ok']:>6d} ok {s['requests'] - s['ok']:>4d} failed  "
         f"{s['throughput_clips_s']:8.1f} clips/s  p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])} ms"
         f"  (decode {_ms(srv.get('decode_ms'))}, inference {_ms(srv.get('inference_ms'))}, "
-        f"batch {srv.get('batch_size', 0.0):.1f}, loop lag {_ms((lag or {}).get('mean_ms'))})",
+        f"waits: decoder {_ms(srv.get('decode_wait_ms'))} transfer {_ms(srv.get('transfer_ms'))} "
+        f"batch {_ms(srv.get('batch_wait_ms'))}; batch {srv.get('batch_size', 0.0):.1f}, "
+        f"loop lag {_ms((lag or {}).get('mean_ms'))})",
         flush=True,
     )
 
@@ -984,7 +986,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
     head = (
         f"{'model':<24} {'decoder':<9} {'runtime':<7} {'input':<5} {'c':>4} {'reqs':>6} {'err':>4} "
         f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
-        f"{'rest':>7} {'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'decCPU':>6} "
+        f"{'rest':>7} {'decWt':>6} {'xfer':>5} {'batWt':>6} {'prep':>5} "
+        f"{'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'decCPU':>6} "
         f"{'cliCPU':>6} "
         f"{'GPU%':>5} {'NVDEC%':>6} {'lag':>5}"
     )
@@ -1004,6 +1007,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
                 f"{s['throughput_clips_s']:>8.1f} {_ms(lat['p50']):>7} {_ms(lat['p90']):>7} "
                 f"{_ms(lat['p99']):>7} {_ms(srv.get('decode_ms')):>7} "
                 f"{_ms(srv.get('inference_ms')):>7} {_ms(srv.get('other_ms')):>7} "
+                f"{_ms(srv.get('decode_wait_ms')):>6} {_ms(srv.get('transfer_ms')):>5} "
+                f"{_ms(srv.get('batch_wait_ms')):>6} {_ms(srv.get('preprocess_ms')):>5} "
                 f"{_ms(srv.get('e2e_minus_total_ms')):>7} {srv.get('batch_size', 0.0):>5.1f} "
                 f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {_ms(s.get('decoder_cpu_cores')):>6} "
                 f"{s['client_cpu']:>6.2f} "
@@ -1354,7 +1359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(args.out, report)
     print("\n" + table(report["configs"]))
     print(
-        "(ms; decode/infer/rest = server means, rest = total - decode - inference; "
+        "(ms; decode/infer/rest = server means, rest = total - decode - inference; of the "
+        "rest: decWt = waiting for a decoder, xfer = frames from a decode worker to the "
+        "server, batWt = waiting for the batch, prep = preprocessing; "
         "e2e-tot = client latency - server total; batch = mean batch size; input = bytes "
         "(clip uploaded in each request) or path (the server reads the clip's file: the c=1 "
         "path row, throughput rows with --throughput-inputs path; memory uploads); MB/s uploaded; "
