@@ -4,6 +4,7 @@ a crashed, killed or hung worker fails only its own request and is replaced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -455,16 +456,29 @@ def test_hung_worker_is_killed_and_replaced(lt: Loop, pool: DecodePool, clip_byt
     assert lt.read(lambda: pool.restarts) == restarts + 1
 
 
+def _open_inodes() -> set[int]:
+    """The inodes of this process's open file descriptors."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.add(os.stat(f"/proc/self/fd/{name}").st_ino)
+    return found
+
+
 def test_recycling_hook_off_and_stop(lt: Loop, clip_bytes: bytes) -> None:
     pool = _start(lt, DecodePoolConfig(workers=1, max_tasks_per_worker=2), hook=False)
     try:
         first = lt.read(lambda: pool.worker_pids)
+        frames_fd = lt.read(lambda: pool._workers[0].frames_fd)
+        memfd = os.fstat(frames_fd).st_ino if frames_fd is not None else None
         # The hook is off: a marker is just bytes that are not a video.
         with pytest.raises(InvalidVideo):
             lt.run(decode(pool, MARKER + b"kill:" + clip_bytes))
         lt.run(decode(pool, clip_bytes))  # second task: the worker is recycled
         lt.wait_until(lambda: pool.workers_alive == 1 and pool.worker_pids != first)
         assert lt.read(lambda: pool.recycled) == 1 and lt.read(lambda: pool.restarts) == 0
+        if memfd is not None:  # the old worker's frames memfd is closed here too
+            lt.wait_until(lambda: memfd not in _open_inodes())
         lt.run(decode(pool, clip_bytes))
         processes = lt.read(lambda: [w.process for w in pool._workers])
 
