@@ -44,6 +44,10 @@
 #     --skip memory --minutes 4.6
 # (600 clips/s at p99 <= 150 ms needs a mean latency below ~100 ms: c=64 at most; and
 # --nvdec-workers 32 if the first call's profile shows 32 blocking processes ahead of 16).
+# Where the concurrency-1 time beyond decode and inference goes (8-10 ms of "queue" in the
+# 2026-11-27 runs, ~2.5 ms on a 2-core CPU box): the table's decWt (waiting for a decoder),
+# xfer (a decode worker's frames back in the server), batWt (waiting for the batch) and prep
+# (normalisation / the copy to the GPU) columns, from each response's timings.
 # Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
 # build/gpu-bench/. Exit status: gpu.py's (0 every bar passed, 1 a bar failed, 2 nothing ran),
