@@ -49,7 +49,7 @@ class Decoded:
     def stages(self, start: float) -> dict[str, float]:
         """Seconds from `start` (the request's arrival) to `ready`, by step: waiting for a
         decoder and handing it the input (`decode_wait`), `decode`, getting the frames back
-        (`transfer`: a worker's reply through its pipe), and `preprocess`."""
+        (`transfer`: a decode worker's reply), and `preprocess`."""
         return {
             "decode_wait": max(self.began - start, 0.0),
             "decode": self.seconds,
@@ -118,12 +118,10 @@ class ServedModel:
         """Scores and embeddings, then for every row: the batch's size, its inference seconds,
         and when it started (`time.monotonic()`)."""
         began = time.monotonic()
-        t0 = time.perf_counter()
         narrow = self._narrow if self._busy is not None and self._busy() else None
         scores, emb = self.tagger.infer(batch, narrow)
         n = len(batch)
-        seconds = time.perf_counter() - t0
-        return scores, emb, np.full(n, n), np.full(n, seconds), np.full(n, began)
+        return scores, emb, np.full(n, n), np.full(n, time.monotonic() - began), np.full(n, began)
 
     def warmup(self, decode: bool = True) -> None:
         """Decode (in this process) and infer once, then infer at the largest batch (blocking)."""
