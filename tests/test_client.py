@@ -112,6 +112,9 @@ def test_cli_json_over_grpc(target: str, clip_path: Path, tmp_path: Path) -> Non
     assert first["tags"][0]["score"] >= first["tags"][1]["score"]
     assert first["video"]["width"] == 160 and first["video"]["codec"] == "h264"
     assert first["timings_ms"]["total"] > 0 and "embedding" not in first
+    stages = {"decode", "preprocess", "inference", "postprocess", "queue", "total"}
+    assert stages | {"decode_wait", "transfer", "batch_wait"} == set(first["timings_ms"])
+    assert first["batch_size"] == 1  # a count, not among the timings
     assert second["path"] == str(junk) and second["error"]["type"] == "InvalidVideo"
     assert str(junk) in err
 

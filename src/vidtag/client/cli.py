@@ -113,8 +113,12 @@ def result_to_json(path: Path, result: TagResult, *, embedding: bool = False) ->
             "frames_decoded": v.frames_decoded,
             "sampled_timestamps_s": list(v.sampled_timestamps),
         },
-        "timings_ms": {k: round(s * 1000.0, 3) for k, s in result.timings.items()},
+        "timings_ms": {
+            k: round(s * 1000.0, 3) for k, s in result.timings.items() if k != "batch_size"
+        },
     }
+    if "batch_size" in result.timings:  # a count (a server's batch), not seconds
+        obj["batch_size"] = int(result.timings["batch_size"])
     if embedding and result.embedding is not None:
         obj["embedding"] = [float(x) for x in result.embedding]
     return obj
