@@ -71,7 +71,7 @@ from vidtag.decode.warmup import encode_in_memory
 from vidtag.errors import BackendUnavailable
 from vidtag.runtime.device import CUDA_WAITS, set_cuda_waits
 from vidtag.server.errors import RpcFailure
-from vidtag.server.spool import Segment, UploadSpool
+from vidtag.server.spool import Segment, UploadSpool, write_all
 from vidtag.server.spool import supported as spool_supported
 
 log = logging.getLogger(__name__)
@@ -221,15 +221,13 @@ NO_FRAMES: Final = np.empty((0, 0, 0, 3), np.uint8)  # a reply's clip whose fram
 
 
 def _frames_memfd() -> int | None:
-    """The memfd this worker writes its replies' frames into, or None (no memfd here)."""
-    create = getattr(os, "memfd_create", None)
-    if create is None:
+    """The memfd this worker writes its replies' frames into, or None (not Linux, or refused)."""
+    if not spool_supported():
         return None
     try:
-        fd: int = create("vidtag-frames", getattr(os, "MFD_CLOEXEC", 0))
+        return os.memfd_create("vidtag-frames", os.MFD_CLOEXEC)
     except OSError:
         return None
-    return fd
 
 
 def _write_frames(fd: int | None, frames: Any) -> tuple[tuple[int, ...], str] | None:
@@ -238,11 +236,8 @@ def _write_frames(fd: int | None, frames: Any) -> tuple[tuple[int, ...], str] | 
     if fd is None or not isinstance(frames, np.ndarray):
         return None
     a = np.ascontiguousarray(frames)
-    flat = a.reshape(-1).view(np.uint8)
     try:
-        done = 0
-        while done < flat.nbytes:
-            done += os.pwrite(fd, flat.data[done:], done)
+        write_all(fd, a.reshape(-1).view(np.uint8).data)
     except OSError:
         return None
     return a.shape, a.dtype.str

@@ -1,8 +1,10 @@
 """Prometheus metrics of one server, in its own registry (several servers can share a process).
 
-Names follow Prometheus conventions: seconds for durations, `_total` for counters. Stages:
-`decode` (bytes -> frames, in a decode worker), `queue` (waiting for a decode worker and for the
-batcher), `inference` (the batch's network run), `total` (server-side, request in -> answer out).
+Names follow Prometheus conventions: seconds for durations, `_total` for counters. Stages
+(`STAGES`, as the proto's Timings): `decode` (bytes -> frames, in a decoder), `preprocess`,
+`inference` (the batch's network run), `postprocess`, `queue` (the rest until the inference
+results were back) with its measured parts `decode_wait`, `transfer` and `batch_wait`, and
+`total` (server-side, request in -> answer out).
 """
 
 from __future__ import annotations

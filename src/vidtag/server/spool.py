@@ -60,15 +60,19 @@ class Segment:
             if data is None or self.written is data:
                 return
             self.written = None
-            view = memoryview(data).cast("B")
-            done = 0
-            while done < view.nbytes:  # pwrite releases the GIL while it copies
-                done += os.pwrite(self.fd, view[done:], done)
+            write_all(self.fd, memoryview(data).cast("B"))
             self.written = data
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def write_all(fd: int, view: memoryview) -> None:
+    """Write all of `view` from the start of `fd` (pwrite releases the GIL while it copies)."""
+    done = 0
+    while done < view.nbytes:
+        done += os.pwrite(fd, view[done:], done)
 
 
 def supported() -> bool:
