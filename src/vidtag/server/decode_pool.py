@@ -65,7 +65,7 @@ except ImportError:  # not on Windows
 
 from vidtag.decode.limits import DecodeLimits
 from vidtag.decode.result import DecodedClip
-from vidtag.decode.source import Input, SpoolRef, spooled_bytes
+from vidtag.decode.source import READ, Input, SpoolRef, spooled_bytes
 from vidtag.decode.spec import SamplingSpec
 from vidtag.decode.warmup import encode_in_memory
 from vidtag.errors import BackendUnavailable
@@ -107,13 +107,12 @@ class DecodePoolConfig:
     spool_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.max_pending < 0 or self.max_tasks_per_worker < 0:
-            raise ValueError(f"invalid decode pool config: {self}")
-        if self.cuda_waits not in CUDA_WAITS:
-            raise ValueError(f"invalid decode pool config: {self}")
-        if self.spool_bytes < 0:
-            raise ValueError(f"invalid decode pool config: {self}")
-        if self.task_timeout_s <= 0 or self.start_timeout_s <= 0:
+        if (
+            min(self.max_pending, self.max_tasks_per_worker, self.spool_bytes) < 0
+            or self.workers < 1
+            or self.cuda_waits not in CUDA_WAITS
+            or min(self.task_timeout_s, self.start_timeout_s) <= 0
+        ):
             raise ValueError(f"invalid decode pool config: {self}")
 
 
@@ -876,7 +875,7 @@ class DecodePool:
         if fd is None:
             return None
         try:
-            return os.open(f"/proc/{worker.pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(f"/proc/{worker.pid}/fd/{fd}", READ)
         except OSError as exc:
             if not self._frames_refused:
                 self._frames_refused = True  # once per pool: every worker would say the same
