@@ -192,26 +192,28 @@ def test_cuda_memory_stays_flat_across_calls(batch: np.ndarray) -> None:
 
 
 @cuda
-def test_cuda_upload_neither_waits_for_the_default_stream_nor_races_it() -> None:
-    """`frames_on_device` (the server's event loop, per request) returns while batches queued
-    on the default stream still run, and work queued there after it sees the finished input
-    even when its own stream is slow."""
-    from vidtag.runtime.upload import _upload_stream, frames_on_device
+def test_cuda_upload_is_read_after_the_batches_queued_before_it() -> None:
+    """`frames_on_device` (the server's event loop, per request) gives the host definition's
+    input, and work queued on the default stream after it reads the finished input even when
+    a long batch runs there meanwhile."""
+    from vidtag.runtime.upload import frames_on_device
 
     spec = InputSpec(8, 64, 48, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     frames = np.random.default_rng(5).integers(0, 256, (8, 64, 48, 3), dtype=np.uint8)
-    want = preprocess(frames, spec)
-    frames_on_device(frames, spec, "cuda")  # the stream and a pinned block exist from now on
-    torch.cuda.synchronize()
-    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU on the default stream: a long batch
     x = frames_on_device(frames, spec, "cuda")
-    assert not torch.cuda.default_stream().query()  # returned while the "batch" still runs
-    torch.cuda.synchronize()
-    np.testing.assert_allclose(x.cpu().numpy(), want, atol=1e-5)
-    with torch.cuda.stream(_upload_stream(torch.device("cuda"))):
-        torch.cuda._sleep(1_000_000_000)  # the upload stream is late this time
-    other = 255 - frames  # not what the reused memory may still hold
-    x = frames_on_device(other, spec, "cuda")
-    assert not _upload_stream(torch.device("cuda")).query()  # nor waits for its own stream
-    y = x * 1.0  # default stream: must wait for the upload
+    assert x.device.type == "cuda" and x.dtype == torch.float32
+    np.testing.assert_allclose(x.cpu().numpy(), preprocess(frames, spec), atol=1e-5)
+    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU on the default stream: a long batch
+    other = 255 - frames  # not what reused memory may still hold
+    y = frames_on_device(other, spec, "cuda") * 1.0  # default stream, after the batch
     np.testing.assert_allclose(y.cpu().numpy(), preprocess(other, spec), atol=1e-5)
+
+
+def test_upload_on_the_cpu_is_the_host_definition() -> None:
+    from vidtag.runtime.upload import frames_on_device
+
+    spec = InputSpec(4, 32, 24, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    frames = np.random.default_rng(6).integers(0, 256, (4, 32, 24, 3), dtype=np.uint8)
+    x = frames_on_device(frames, spec, "cpu")
+    assert tuple(x.shape) == (3, 4, 32, 24)
+    np.testing.assert_allclose(x.numpy(), preprocess(frames, spec), atol=1e-5)
