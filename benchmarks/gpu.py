@@ -615,17 +615,25 @@ class Config:
     memory: bool = False  # this configuration runs the memory phase
     servers: int = 1  # vidtag serve --server-processes
     shares: int | None = None  # vidtag serve --decode-shares (None: the server's default)
+    mps: str | None = None  # vidtag serve --cuda-mps (None: the server's default)
 
     @property
     def label(self) -> str:
-        name = decoder_name(self.decoder, self.servers, self.shares)
+        name = decoder_name(self.decoder, self.servers, self.shares, self.mps)
         return f"{self.model.label} / {name} / {self.runtime}"
 
 
-def decoder_name(decoder: str, servers: int = 1, shares: int | None = None) -> str:
+def decoder_name(
+    decoder: str, servers: int = 1, shares: int | None = None, mps: str | None = None
+) -> str:
     """The decoder column: `nvdec`, `nvdec x4` for four server processes, `nvdec s1` for
-    --decode-shares 1."""
-    return decoder + (f" x{servers}" if servers > 1 else "") + (f" s{shares}" if shares else "")
+    --decode-shares 1, `nvdec m` for --cuda-mps on."""
+    return (
+        decoder
+        + (f" x{servers}" if servers > 1 else "")
+        + (f" s{shares}" if shares else "")
+        + (" m" if mps == "on" else "")
+    )
 
 
 def clip_folder(args: argparse.Namespace) -> Path:
@@ -668,6 +676,8 @@ def serve_args(cfg: Config, args: argparse.Namespace, help_text: str) -> list[st
         a += ["--server-processes", str(cfg.servers)]
     if cfg.shares is not None and has_flag(help_text, "--decode-shares"):
         a += ["--decode-shares", str(cfg.shares)]
+    if cfg.mps is not None and has_flag(help_text, "--cuda-mps"):
+        a += ["--cuda-mps", cfg.mps]
     return a + list(args.serve_arg)
 
 
@@ -775,6 +785,7 @@ def run_config(
         "decoder": cfg.decoder,
         "servers": cfg.servers,
         "shares": cfg.shares,
+        "mps": cfg.mps,
         "runtime": cfg.runtime,
         "serve_args": extra,
         "server_log": str(logs / "server.log"),
@@ -872,7 +883,7 @@ def _print_step(c: int, s: dict[str, Any]) -> None:
 
 
 def _dec(c: dict[str, Any]) -> str:
-    return decoder_name(c["decoder"], c.get("servers", 1), c.get("shares"))
+    return decoder_name(c["decoder"], c.get("servers", 1), c.get("shares"), c.get("mps"))
 
 
 def evaluate_bars(
@@ -984,8 +995,8 @@ def evaluate_bars(
 
 def table(configs: Sequence[dict[str, Any]]) -> str:
     head = (
-        f"{'model':<24} {'decoder':<9} {'runtime':<7} {'input':<5} {'c':>4} {'reqs':>6} {'err':>4} "
-        f"{'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
+        f"{'model':<24} {'decoder':<12} {'runtime':<7} {'input':<5} {'c':>4} {'reqs':>6} "
+        f"{'err':>4} {'clips/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'decode':>7} {'infer':>7} "
         f"{'rest':>7} {'decWt':>6} {'xfer':>5} {'batWt':>6} {'prep':>5} "
         f"{'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'decCPU':>6} "
         f"{'cliCPU':>6} "
@@ -993,7 +1004,7 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
     )
     rows = [head, "-" * len(head)]
     for c in configs:
-        pre = f"{c['model']:<24} {_dec(c):<9} {c['runtime']:<7}"
+        pre = f"{c['model']:<24} {_dec(c):<12} {c['runtime']:<7}"
         if c["status"] != "ok":
             rows.append(f"{pre} {c['status']}: {c.get('reason', '')}")
             continue
@@ -1023,7 +1034,7 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
 def memory_table(configs: Sequence[dict[str, Any]]) -> str:
     first = next((c["memory"]["first_clips"] for c in configs if "memory" in c), 0)
     head = (
-        f"{'model':<24} {'decoder':<9} {'measure':<18} {'clips':>6} {'before':>9} "
+        f"{'model':<24} {'decoder':<12} {'measure':<18} {'clips':>6} {'before':>9} "
         f"{f'after {first}':>9} {'at end':>9} {'growth':>8} {'errors':>6} server gpu metrics"
     )
     rows = [head, "-" * len(head)]
@@ -1037,7 +1048,7 @@ def memory_table(configs: Sequence[dict[str, Any]]) -> str:
 
         extra = m["samples"][-1]["server_metrics"]
         rows.append(
-            f"{c['model']:<24} {_dec(c):<9} {m['measure']:<18} {m['clips']:>6} "
+            f"{c['model']:<24} {_dec(c):<12} {m['measure']:<18} {m['clips']:>6} "
             f"{mib(m['before']):>9} {mib(m['after_first']):>9} {mib(m['after_last']):>9} "
             f"{'-' if m['growth'] is None else format(m['growth'], '+.2%'):>8} "
             f"{m['errors']:>6} "
@@ -1121,6 +1132,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "e.g. 1,4)",
     )
     p.add_argument(
+        "--cuda-mps",
+        type=lambda v: v.split(","),
+        default=None,
+        metavar="off,on",
+        help="vidtag serve --cuda-mps, one configuration each (the server's default)",
+    )
+    p.add_argument(
         "--connections",
         type=int,
         default=1,
@@ -1170,6 +1188,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--server-processes and --connections take numbers >= 1")
     if args.decode_shares is not None and (not args.decode_shares or min(args.decode_shares) < 1):
         p.error("--decode-shares takes numbers >= 1")
+    if args.cuda_mps is not None and not set(args.cuda_mps) <= {"off", "on"}:
+        p.error(f"--cuda-mps takes off and on, not {args.cuda_mps}")
     bad = [i for i in args.throughput_inputs if i not in LATENCY_STEPS]
     if bad or not args.throughput_inputs:
         p.error(f"--throughput-inputs takes {', '.join(LATENCY_STEPS)}, not {bad or 'nothing'}")
@@ -1286,9 +1306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     continue
                 configs += [
-                    Config(m, dec, rt, servers=n, shares=k)
+                    Config(m, dec, rt, servers=n, shares=k, mps=g)
                     for n in args.server_processes
                     for k in args.decode_shares or [None]
+                    for g in args.cuda_mps or [None]
                 ]
     for m in models:  # memory: the first configuration that runs per model
         first = next((c for c in configs if c.model is m), None)

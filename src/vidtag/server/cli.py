@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vidtag.runtime.device import CUDA_WAITS
+from vidtag.runtime.mps import CUDA_MPS
 from vidtag.server.config import MiB, ServeConfig
 from vidtag.server.layers import build
 
@@ -306,6 +307,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "default, which spins a core per waiting process (default: %(default)s)",
     )
     parser.add_argument(
+        "--cuda-mps",
+        default=_D.cuda_mps,
+        choices=list(CUDA_MPS),
+        help="on: start a private CUDA MPS daemon so that the server's CUDA processes share "
+        "the GPU at once instead of time-slicing it (for --server-processes > 1 with NVDEC "
+        "decoders; the server runs without it, saying why, where it cannot start) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--server-processes",
         type=int,
         default=_D.server_processes,
@@ -365,6 +375,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "nvdec_workers": ("nvdec_workers", None),
     "decode_shares": ("decode_shares", None),
     "nvdec_waits": ("nvdec_waits", None),
+    "cuda_mps": ("cuda_mps", None),
     "server_processes": ("server_processes", None),
 }
 
@@ -410,18 +421,21 @@ def run_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     from vidtag.errors import BackendUnavailable
-    from vidtag.runtime.device import require_device
+    from vidtag.runtime.device import is_cuda, require_device
+    from vidtag.runtime.mps import serving_mps
 
-    try:
-        require_device(config.device)
-    except BackendUnavailable as exc:
-        logging.getLogger(__name__).error("cannot serve on --device %s: %s", config.device, exc)
-        return 2
-    if config.server_processes > 1:
-        from vidtag.server.multi import supervise
+    # Before this process or any it starts initialises CUDA: they all find the daemon.
+    with serving_mps(config.cuda_mps == "on" and is_cuda(config.device)):
+        try:
+            require_device(config.device)
+        except BackendUnavailable as exc:
+            logging.getLogger(__name__).error("cannot serve on --device %s: %s", config.device, exc)
+            return 2
+        if config.server_processes > 1:
+            from vidtag.server.multi import supervise
 
-        return supervise(config)
-    return serve_exit_code(config)
+            return supervise(config)
+        return serve_exit_code(config)
 
 
 def serve_exit_code(

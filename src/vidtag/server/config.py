@@ -14,6 +14,7 @@ from vidtag.runtime.backends import (
     default_runtime,
 )
 from vidtag.runtime.device import CUDA_WAITS, check_device_name, is_cuda
+from vidtag.runtime.mps import CUDA_MPS
 
 MiB = 1024 * 1024
 DECODE_BACKENDS = ("pyav", "nvdec", "hybrid", "auto")
@@ -119,6 +120,11 @@ class ServeConfig:
     # "auto" (CUDA's default: spin while the process has no more contexts than the machine
     # has cores, i.e. a core per waiting decoder; `vidtag.runtime.device.set_cuda_waits`).
     nvdec_waits: str = "block"
+    # "on": a private CUDA MPS daemon for this server's CUDA processes (`vidtag.runtime.mps`:
+    # server processes and NVDEC decoders share the GPU at once instead of time-slicing their
+    # contexts); the server runs without it, saying why, where it cannot start. Ignored off
+    # CUDA and where CUDA_MPS_PIPE_DIRECTORY already names a daemon.
+    cuda_mps: str = "off"
     # Server processes sharing the port (SO_REUSEPORT), each with its own event loop, model
     # and share of the decoders: one process tops out at a few hundred requests/s.
     server_processes: int = 1
@@ -195,6 +201,8 @@ class ServeConfig:
         if self.nvdec_waits not in CUDA_WAITS:
             waits = self.nvdec_waits
             raise ValueError(f"nvdec_waits must be one of {list(CUDA_WAITS)}, got {waits!r}")
+        if self.cuda_mps not in CUDA_MPS:
+            raise ValueError(f"cuda_mps must be one of {list(CUDA_MPS)}, got {self.cuda_mps!r}")
         if self.upload_spool_bytes < 0:
             raise ValueError(f"upload_spool_bytes must be >= 0, got {self.upload_spool_bytes}")
         if self.decode_shares is not None and self.decode_shares < 1:
