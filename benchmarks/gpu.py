@@ -377,6 +377,32 @@ def loop_lag(metrics_port: int | None) -> tuple[float, float, float] | None:
     return (total[0], total[1], total[2]) if found else None
 
 
+def server_requests(metrics_port: int | None) -> dict[str, float]:
+    """TagVideo RPCs answered so far by each server process (the merged metrics' `server`
+    label; "0" for a single process)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(_scrape(metrics_port)):
+        if family.name != "vidtag_requests":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("method") == "TagVideo":
+                key = sample.labels.get("server", "0")
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def spread(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
+    """Requests per server process over a step, and the busiest one's against the mean (1.0:
+    even; SO_REUSEPORT spreads connections, not requests)."""
+    counts = {k: after[k] - before.get(k, 0.0) for k in sorted(after)}
+    total = sum(counts.values())
+    if not counts or total <= 0:
+        return None
+    return {"per_server": counts, "max_over_mean": max(counts.values()) * len(counts) / total}
+
+
 def lag_summary(
     before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
 ) -> dict[str, float] | None:
@@ -550,6 +576,7 @@ class Load:
             reqs = [requests // n + (i < requests % n) for i in range(n)]
         srv0 = cpu_seconds(server_pid) if server_pid else (0.0, 0.0)
         lag0 = loop_lag(metrics_port)
+        answered0 = server_requests(metrics_port)
         t0 = time.monotonic()
         with GpuSampler() as gpu:
             if n == 1 or self.pool is None:
@@ -601,6 +628,7 @@ class Load:
         summary["decoder_cpu_cores"] = decoders  # the decode worker processes among them
         summary["gpu_utilization_pct"] = gpu.summary()
         summary["loop_lag"] = lag_summary(lag0, loop_lag(metrics_port))
+        summary["server_spread"] = spread(answered0, server_requests(metrics_port))
         return summary
 
 
@@ -693,6 +721,10 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
@@ -774,7 +806,9 @@ def run_config(
 ) -> dict[str, Any]:
     """A fresh server for `cfg`, then its phases; the configuration's JSON record."""
     extra = serve_args(cfg, args, help_text)
-    load.connections = max(args.connections, cfg.servers)  # one or more per server process
+    # Per client process: the kernel hashes each connection to one server process, so a few
+    # connections can leave one server most of the load (the spread column shows it).
+    load.connections = args.connections or (1 if cfg.servers == 1 else 4 * cfg.servers)
     metrics_port = _free_port()
     extra += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
     logs = args.cache / "logs" / re.sub(r"[^\w.-]+", "_", cfg.label)
@@ -866,6 +900,14 @@ def run_config(
     return rec
 
 
+def _spread_text(s: dict[str, Any]) -> str:
+    sp = s.get("server_spread")
+    if not sp or len(sp["per_server"]) < 2:
+        return ""
+    counts = "/".join(f"{v:.0f}" for v in sp["per_server"].values())
+    return f"; requests per server {counts}, busiest {sp['max_over_mean']:.2f}x the mean"
+
+
 def _print_step(c: int, s: dict[str, Any]) -> None:
     lat, srv, lag = s["latency_ms"], s["server_ms"], s.get("loop_lag")
     print(
@@ -874,7 +916,7 @@ def _print_step(c: int, s: dict[str, Any]) -> None:
         f"  (decode {_ms(srv.get('decode_ms'))}, inference {_ms(srv.get('inference_ms'))}, "
         f"waits: decoder {_ms(srv.get('decode_wait_ms'))} transfer {_ms(srv.get('transfer_ms'))} "
         f"batch {_ms(srv.get('batch_wait_ms'))}; batch {srv.get('batch_size', 0.0):.1f}, "
-        f"loop lag {_ms((lag or {}).get('mean_ms'))})",
+        f"loop lag {_ms((lag or {}).get('mean_ms'))}{_spread_text(s)})",
         flush=True,
     )
 
@@ -1000,7 +1042,7 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
         f"{'rest':>7} {'decWt':>6} {'xfer':>5} {'batWt':>6} {'prep':>5} "
         f"{'e2e-tot':>7} {'batch':>5} {'MB/s':>6} {'srvCPU':>6} {'decCPU':>6} "
         f"{'cliCPU':>6} "
-        f"{'GPU%':>5} {'NVDEC%':>6} {'lag':>5}"
+        f"{'GPU%':>5} {'NVDEC%':>6} {'lag':>5} {'sprd':>5}"
     )
     rows = [head, "-" * len(head)]
     for c in configs:
@@ -1024,7 +1066,8 @@ def table(configs: Sequence[dict[str, Any]]) -> str:
                 f"{s['payload_mb_s']:>6.0f} {_ms(cpu):>6} {_ms(s.get('decoder_cpu_cores')):>6} "
                 f"{s['client_cpu']:>6.2f} "
                 f"{_pct(gpu.get('gpu_mean')):>5} {_pct(gpu.get('decoder_mean')):>6} "
-                f"{_ms((s.get('loop_lag') or {}).get('mean_ms')):>5}"
+                f"{_ms((s.get('loop_lag') or {}).get('mean_ms')):>5} "
+                f"{_ratio((s.get('server_spread') or {}).get('max_over_mean')):>5}"
             )
         if not c["steps"]:
             rows.append(f"{pre} (no load steps)")
@@ -1141,9 +1184,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--connections",
         type=int,
-        default=1,
-        help="connections per client process, used in turn (at least the configuration's "
-        "server processes)",
+        default=None,
+        help="connections per client process, used in turn (1; 4 per server process with "
+        "--server-processes above 1)",
     )
     p.add_argument(
         "--cpu-workers",
@@ -1184,7 +1227,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     pick("cpu_workers", max(1, cores - args.client_procs), max(1, min(2, cores)))
     args.reserve_s = 5.0 if dry else 10.0  # left for shutting the server down and reporting
     known = {"default", R2P1D, *DECODERS, *RUNTIMES, *PHASES}
-    if not args.server_processes or min(args.server_processes) < 1 or args.connections < 1:
+    if not args.server_processes or min(args.server_processes) < 1 or (args.connections or 1) < 1:
         p.error("--server-processes and --connections take numbers >= 1")
     if args.decode_shares is not None and (not args.decode_shares or min(args.decode_shares) < 1):
         p.error("--decode-shares takes numbers >= 1")
@@ -1346,7 +1389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "configs": [],
         "skipped": skipped,
     }
-    load = Load(args.client_procs, args.timeout, args.connections)
+    load = Load(args.client_procs, args.timeout, args.connections or 1)
     startup_est = 10.0 if dry else 30.0
     try:
         for cfg in configs:
@@ -1389,7 +1432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "srvCPU = server cores busy (decode workers included); decCPU = decode workers' "
         "cores busy; cliCPU = busiest client process; GPU%/NVDEC% = mean "
         "utilisation from nvidia-smi; lag = the server's mean event-loop lag, from "
-        "vidtag_event_loop_lag_seconds)"
+        "vidtag_event_loop_lag_seconds; sprd = the busiest server process's requests against "
+        "the mean, with --server-processes)"
     )
     if any("memory" in c for c in report["configs"]):
         print("\n" + memory_table(report["configs"]))
