@@ -26,28 +26,29 @@
 #       "build/gpu-bench/wheels-min", "src/vidtag/v1/tagger_pb2.py",
 #       "src/vidtag/v1/tagger_pb2_grpc.py", "src/vidtag/v1/tagger_pb2.pyi"], timeout_s=600)
 #
-# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). Next on a lent
-# device: two calls of ~7.5 and ~5 minutes on one warm machine (timeout_s 560 and 400; the
-# one-call carry above). The first measures how NVDEC processes scale when they block instead
-# of spinning while they wait for the GPU (decode only, ~90 s), runs the CUDA-only tests and
-# times the frames' hand-over to the GPU (benchmarks/upload.py, ~20 s), then the
-# concurrency-1 latency with a clip decoded by one NVDEC process against split over four
-# (--decode-shares):
-#   bash scripts/nvdec_profile.sh --skip parity,stages,threads \
-#     --processes 16,32 --waits auto,block --seconds 4; \
-#   bash scripts/gpu_check.sh --only default,nvdec --nvdec-workers 16 --decode-shares 1,4 \
-#     --throughput-inputs bytes,path --latency-s 6 --step-s 4 --skip memory --minutes 4.5
-# The second, throughput with four server processes against one, NVDEC alone and with the
-# CPU decoders beside it (hybrid: the cores NVDEC processes no longer spin on decode too):
-#   bash scripts/gpu_check.sh --only r2plus1d_18,nvdec,hybrid --nvdec-workers 16 \
-#     --server-processes 4,1 --concurrency 32,64,128 --latency-s 3 --step-s 4 \
-#     --skip memory --minutes 4.6
-# (600 clips/s at p99 <= 150 ms needs a mean latency below ~100 ms: c=64 at most; and
-# --nvdec-workers 32 if the first call's profile shows 32 blocking processes ahead of 16).
-# Where the concurrency-1 time beyond decode and inference goes (8-10 ms of "queue" in the
-# 2026-11-27 runs, ~2.5 ms on a 2-core CPU box): the table's decWt (waiting for a decoder),
-# xfer (a decode worker's frames back in the server), batWt (waiting for the batch) and prep
-# (normalisation / the copy to the GPU) columns, from each response's timings.
+# Arguments go to benchmarks/gpu.py (e.g. `--only r2plus1d_18 --minutes 4`). The tree plus
+# that carry is at the tool's 64 MiB limit: `bash scripts/device_tree.sh hold` first,
+# `restore` after. Done on one H200 on 2026-11-28 (README, benchmarks/results/gpu-h200-*):
+# concurrency 1 by decode shares 1/4/8, NVDEC scaling with blocking waits, throughput with
+# 1/2/4 server processes with and without an outside MPS daemon, hybrid. Next on a lent
+# device, two calls on one warm machine (the one-call carry above; start the second within
+# the 30 s the machine stays warm):
+# 1. (timeout_s 420) the four ways of handing frames to the GPU (benchmarks/upload.py, in
+#    nvdec_profile.sh) and the CUDA tests, then concurrency 1 with 2, 3 and 4 shares:
+#      CUDA_TESTS=1 bash scripts/nvdec_profile.sh --skip parity,stages,threads \
+#        --processes 16 --waits block --seconds 3; \
+#      bash scripts/gpu_check.sh --only default,nvdec,latency --nvdec-workers 16 \
+#        --decode-shares 2,3,4 --latency-s 5 --minutes 2.5
+# 2. (timeout_s 480) throughput with four server processes, the server's own MPS daemon
+#    against none (`--cuda-mps`; the connections now spread, see the sprd column), and GPU
+#    memory over the mixed clips on the first configuration:
+#      bash scripts/gpu_check.sh --only r2plus1d_18,nvdec,throughput,memory \
+#        --server-processes 4 --cuda-mps on,off --concurrency 32,48,64 \
+#        --throughput-inputs bytes --step-s 4 --memory-s 60 --minutes 7
+#    and, if time is left, `--cuda-mps on --nvdec-workers 32 --decode-shares 1,4`.
+# What to read: whether `--cuda-mps on` matches the outside daemon (444 clips/s at c=32);
+# whether an even spread over the four processes lifts throughput towards NVDEC's own
+# ~540 clips/s; whether splitting clips (--decode-shares) costs throughput under load.
 # Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
 # build/gpu-bench/. Exit status: gpu.py's (0 every bar passed, 1 a bar failed, 2 nothing ran),
