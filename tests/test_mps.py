@@ -20,12 +20,16 @@ from vidtag.runtime.mps import PIPE_ENV, MpsUnavailable, serving_mps, start_mps
 from vidtag.server import cli
 from vidtag.server.config import ServeConfig
 
-# Records each call and what it read; "-d" makes the control pipe, as the daemon does.
+# Records each call and what it read; "-d" makes the control pipe and leaves a process
+# behind holding its output, as the daemon does.
 FAKE = """#!/bin/sh
 echo "args:$*" >> "$FAKE_MPS_LOG"
 if [ "$1" = "-d" ]; then
   [ -n "$FAKE_MPS_FAIL" ] && { echo "$FAKE_MPS_FAIL" >&2; exit 1; }
-  touch "$CUDA_MPS_PIPE_DIRECTORY/control"; exit 0
+  touch "$CUDA_MPS_PIPE_DIRECTORY/control"
+  sleep 5 &  # the daemon: lives on with the output it inherited
+  echo "daemon:$!" >> "$FAKE_MPS_LOG"
+  exit 0
 fi
 cat >> "$FAKE_MPS_LOG"
 """
@@ -56,13 +60,20 @@ def test_the_daemon_serves_every_process_started_meanwhile(fake: tuple[str, Path
     control, calls = fake
     with serving_mps(True, control=control, probe=PROBE) as daemon:
         assert daemon is not None
+        forked = int(calls.read_text().splitlines()[1].removeprefix("daemon:"))
+        # Still running: the start did not wait for the daemon's output to close.
+        assert Path(f"/proc/{forked}/stat").read_text().split()[2] != "Z"
         pipe = os.environ[PIPE_ENV]
         assert pipe == str(daemon.root / "pipe") and Path(pipe, "control").exists()
         child = subprocess.run(PROBE, check=False)  # a server process started now finds it
         assert child.returncode == 0
     assert PIPE_ENV not in os.environ and "CUDA_MPS_LOG_DIRECTORY" not in os.environ
     assert not daemon.root.exists()
-    assert calls.read_text().splitlines() == ["args:-d", "args:", "quit"]
+    assert [c for c in calls.read_text().splitlines() if not c.startswith("daemon:")] == [
+        "args:-d",
+        "args:",
+        "quit",
+    ]
 
 
 def test_a_daemon_that_does_not_start_leaves_the_server_without_it(

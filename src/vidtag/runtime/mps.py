@@ -96,18 +96,27 @@ def start_mps(
     for path in daemon.env().values():
         os.mkdir(path, 0o700)
     env = {**os.environ, **daemon.env()}
+    # Its output goes to a file: the forked daemon may keep what it inherited open, and a pipe
+    # would then never reach its end.
     try:
-        started = subprocess.run(
-            [control, "-d"], env=env, capture_output=True, timeout=30, check=False
-        )
+        with open(root / "control.out", "w+b") as out:
+            started = subprocess.run(
+                [control, "-d"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=30,
+                check=False,
+            )
+            out.seek(0)
+            said = out.read()
     except (OSError, subprocess.TimeoutExpired) as exc:
         shutil.rmtree(root, ignore_errors=True)
         raise MpsUnavailable(f"{control} -d: {exc}") from None
     if started.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
-        raise MpsUnavailable(
-            f"{control} -d exited {started.returncode}: {_tail(started.stderr + started.stdout)}"
-        )
+        raise MpsUnavailable(f"{control} -d exited {started.returncode}: {_tail(said)}")
     command = list(probe) if probe is not None else [sys.executable, "-c", PROBE]
     try:
         ran = subprocess.run(command, env=env, capture_output=True, timeout=timeout_s, check=False)
