@@ -11,7 +11,10 @@ neither needs nor disturbs a system-wide one; the server's child processes find 
 CUDA_MPS_PIPE_DIRECTORY, set in this process's environment before any of them starts and
 before this process initialises CUDA. A CUDA process is started under it once before the
 server goes on: where that fails (no control binary, the GPU's compute mode, a container that
-refuses it), the daemon is stopped and the server runs without MPS, saying why.
+refuses it), the daemon is stopped and the server runs without MPS, saying why. The server
+tells the daemon to quit when it stops; one killed before that leaves it running (its pipe
+directory is logged at start: `echo quit | CUDA_MPS_PIPE_DIRECTORY=<dir>/pipe
+nvidia-cuda-mps-control` ends it).
 """
 
 from __future__ import annotations
