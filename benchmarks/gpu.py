@@ -377,20 +377,39 @@ def loop_lag(metrics_port: int | None) -> tuple[float, float, float] | None:
     return (total[0], total[1], total[2]) if found else None
 
 
-def server_requests(metrics_port: int | None) -> dict[str, float]:
-    """TagVideo RPCs answered so far by each server process (the merged metrics' `server`
-    label; "0" for a single process)."""
+def counter_by(
+    metrics_port: int | None, family_name: str, label: str, **match: str
+) -> dict[str, float]:
+    """A counter family's totals by one label's value, summed over the rest (and over the
+    server processes); only samples whose labels equal `match`."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(_scrape(metrics_port)):
-        if family.name != "vidtag_requests":
+        if family.name != family_name:
             continue
         for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("method") == "TagVideo":
-                key = sample.labels.get("server", "0")
+            labels = sample.labels
+            if sample.name.endswith("_total") and all(labels.get(k) == v for k, v in match.items()):
+                key = labels.get(label, "0")
                 out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+def server_requests(metrics_port: int | None) -> dict[str, float]:
+    """TagVideo RPCs answered so far by each server process (the merged metrics' `server`
+    label; "0" for a single process)."""
+    return counter_by(metrics_port, "vidtag_requests", "server", method="TagVideo")
+
+
+def split_share(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Percent of the clips decoded over a step that were split over several decoders
+    (`vidtag_decode_shares_total`); None where the server does not count them."""
+    counts = {k: after[k] - before.get(k, 0.0) for k in after}
+    total = sum(counts.values())
+    if total <= 0:
+        return None
+    return 100 * sum(v for k, v in counts.items() if k != "1") / total
 
 
 def spread(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
@@ -577,6 +596,7 @@ class Load:
         srv0 = cpu_seconds(server_pid) if server_pid else (0.0, 0.0)
         lag0 = loop_lag(metrics_port)
         answered0 = server_requests(metrics_port)
+        shares0 = counter_by(metrics_port, "vidtag_decode_shares", "shares")
         t0 = time.monotonic()
         with GpuSampler() as gpu:
             if n == 1 or self.pool is None:
@@ -629,6 +649,9 @@ class Load:
         summary["gpu_utilization_pct"] = gpu.summary()
         summary["loop_lag"] = lag_summary(lag0, loop_lag(metrics_port))
         summary["server_spread"] = spread(answered0, server_requests(metrics_port))
+        summary["split_pct"] = split_share(
+            shares0, counter_by(metrics_port, "vidtag_decode_shares", "shares")
+        )
         return summary
 
 
@@ -916,7 +939,8 @@ def _print_step(c: int, s: dict[str, Any]) -> None:
         f"  (decode {_ms(srv.get('decode_ms'))}, inference {_ms(srv.get('inference_ms'))}, "
         f"waits: decoder {_ms(srv.get('decode_wait_ms'))} transfer {_ms(srv.get('transfer_ms'))} "
         f"batch {_ms(srv.get('batch_wait_ms'))}; batch {srv.get('batch_size', 0.0):.1f}, "
-        f"loop lag {_ms((lag or {}).get('mean_ms'))}{_spread_text(s)})",
+        f"loop lag {_ms((lag or {}).get('mean_ms'))}, split {_pct(s.get('split_pct'))} %"
+        f"{_spread_text(s)})",
         flush=True,
     )
 

@@ -254,6 +254,15 @@ def test_metrics_endpoint_counts_requests_and_stages(
     assert value('vidtag_model_info{arch="x2plus1d_xs",default="true",name="tiny"') == 1
     assert "vidtag_in_flight_requests 0.0" in text
     assert "vidtag_batch_size_bucket" in text and "vidtag_queue_depth" in text
+    ok = value('vidtag_requests_total{method="TagVideo",status="OK"}')
+    assert (
+        sum(
+            float(ln.rsplit(" ", 1)[1])
+            for ln in text.splitlines()
+            if ln.startswith("vidtag_decode_shares_total{")
+        )
+        >= ok
+    )  # every decoded clip counted once, by its split
 
 
 def test_event_loop_lag_is_sampled(server: VidtagServer) -> None:

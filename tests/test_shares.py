@@ -111,8 +111,12 @@ def test_idle_pool_workers_share_a_clip(gops8: bytes, tmp_path: Path) -> None:
         await pool.start()
         try:
             stage = pool_decode_stage(pool, DecodeLimits(), None, shares=3)
-            clip = (await stage(gops8, model, None)).clip  # type: ignore[arg-type]
+            decoded = await stage(gops8, model, None)  # type: ignore[arg-type]
+            clip = decoded.clip
+            assert decoded.shares == 3  # what vidtag_decode_shares_total counts
             tasks = [w.done for w in pool._workers]
+            unsplit = pool_decode_stage(pool, DecodeLimits(), None)
+            assert (await unsplit(gops8, model, None)).shares == 1  # type: ignore[arg-type]
             with pytest.raises(InvalidVideo, match="not a readable video container"):
                 await stage(b"garbage" * 100, model, None)  # type: ignore[arg-type]
             return clip, tasks, pool.restarts

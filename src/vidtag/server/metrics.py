@@ -55,6 +55,11 @@ class Metrics:
         self.batch_size = Histogram(
             "vidtag_batch_size", "Requests per inference batch.", buckets=BATCH_BUCKETS, registry=r
         )
+        self.decode_shares = Counter(
+            "vidtag_decode_shares",
+            "Clips decoded, by how many decoders shared each (1: not split; --decode-shares).",
+            ["shares"], registry=r,
+        )  # fmt: skip
         self.rejected = Counter(
             "vidtag_rejected", "Requests shed before any work, by reason.", ["reason"], registry=r
         )

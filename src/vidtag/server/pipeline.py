@@ -45,6 +45,7 @@ class Decoded:
     began: float  # the decoder started on it (a split clip's first share)
     received: float  # its frames were back in the server's process
     ready: float  # `x` was made
+    shares: int = 1  # decoders that shared the clip (`vidtag.decode.shares`)
 
     def stages(self, start: float) -> dict[str, float]:
         """Seconds from `start` (the request's arrival) to `ready`, by step: waiting for a
@@ -218,6 +219,6 @@ def pool_decode_stage(
             from vidtag.runtime.upload import frames_on_device  # torch: the GPU image only
 
             x = frames_on_device(clip.frames, model.meta.input, device)
-        return Decoded(clip, x, clip.seconds, began, received, time.monotonic())
+        return Decoded(clip, x, clip.seconds, began, received, time.monotonic(), max(n, 1))
 
     return stage

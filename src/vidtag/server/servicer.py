@@ -288,6 +288,7 @@ class VideoTaggerServicer(pb_grpc.VideoTaggerServicer):
                     model = self.models.get(request.model_name, request.model_version)
                     rec.model = f"{model.name}/{model.version}"
                     decoded = await self._decode(source, model, deadline)
+                    self.metrics.decode_shares.labels(str(decoded.shares)).inc()
                     scores, emb, batch, infer_s, began = await model.batcher.submit(
                         decoded.x, deadline
                     )
