@@ -48,7 +48,8 @@
 #    and, if time is left, `--cuda-mps on --nvdec-workers 32 --decode-shares 1,4`.
 # What to read: whether `--cuda-mps on` matches the outside daemon (444 clips/s at c=32);
 # whether an even spread over the four processes lifts throughput towards NVDEC's own
-# ~540 clips/s; whether splitting clips (--decode-shares) costs throughput under load.
+# ~540 clips/s; whether splitting clips (--decode-shares) costs throughput under load (each
+# step's "split N %" says how many clips were split).
 # Writes gpu.json,
 # gpu.log, env.txt and server-logs.tgz into $OUT when set (the device tool's folder), else
 # build/gpu-bench/. Exit status: gpu.py's (0 every bar passed, 1 a bar failed, 2 nothing ran),
