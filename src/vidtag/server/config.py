@@ -184,37 +184,31 @@ class ServeConfig:
             "max_queue_size",
             "decode_queue_size",
             "server_processes",
+            "decode_shares",  # these from here may be None: the default
+            "nvdec_workers",
+            "decode_threads",
+            "inference_threads",
+            "max_concurrent_rpcs",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_queue_delay_microseconds < 0:
-            delay = self.max_queue_delay_microseconds
-            raise ValueError(f"max_queue_delay_microseconds must be >= 0, got {delay}")
-        if self.repository_poll_s < 0:
-            raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
-        if self.grace_s < 0:
-            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
-        for name in ("decode_budget_ms", "decode_tradeoff", "decode_budget"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in (  # None where allowed: the default
+            "max_queue_delay_microseconds",
+            "repository_poll_s",
+            "grace_s",
+            "upload_spool_bytes",
+            "decode_budget_ms",
+            "decode_tradeoff",
+            "decode_budget",
+        ):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.nvdec_waits not in CUDA_WAITS:
-            waits = self.nvdec_waits
-            raise ValueError(f"nvdec_waits must be one of {list(CUDA_WAITS)}, got {waits!r}")
-        if self.cuda_mps not in CUDA_MPS:
-            raise ValueError(f"cuda_mps must be one of {list(CUDA_MPS)}, got {self.cuda_mps!r}")
-        if self.upload_spool_bytes < 0:
-            raise ValueError(f"upload_spool_bytes must be >= 0, got {self.upload_spool_bytes}")
-        if self.decode_shares is not None and self.decode_shares < 1:
-            raise ValueError(f"decode_shares must be >= 1, got {self.decode_shares}")
-        if self.nvdec_workers is not None and self.nvdec_workers < 1:
-            raise ValueError(f"nvdec_workers must be >= 1, got {self.nvdec_workers}")
-        if self.decode_threads is not None and self.decode_threads < 1:
-            raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}")
-        if self.inference_threads is not None and self.inference_threads < 1:
-            raise ValueError(f"inference_threads must be >= 1, got {self.inference_threads}")
-        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
-            raise ValueError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        for name, allowed in (("nvdec_waits", CUDA_WAITS), ("cuda_mps", CUDA_MPS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
