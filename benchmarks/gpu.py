@@ -355,14 +355,14 @@ def _gpu_metrics(metrics_port: int | None) -> dict[str, float]:
     return out
 
 
-def loop_lag(metrics_port: int | None) -> tuple[float, float, float] | None:
+def loop_lag(metrics_text: str) -> tuple[float, float, float] | None:
     """The servers' event-loop lag histogram summed over their loops: (seconds, samples,
     samples later than 5 ms); None if the server does not export it."""
     from prometheus_client.parser import text_string_to_metric_families
 
     total = [0.0, 0.0, 0.0]
     found = False
-    for family in text_string_to_metric_families(_scrape(metrics_port)):
+    for family in text_string_to_metric_families(metrics_text):
         if family.name != "vidtag_event_loop_lag_seconds":
             continue
         found = True
@@ -377,15 +377,13 @@ def loop_lag(metrics_port: int | None) -> tuple[float, float, float] | None:
     return (total[0], total[1], total[2]) if found else None
 
 
-def counter_by(
-    metrics_port: int | None, family_name: str, label: str, **match: str
-) -> dict[str, float]:
+def counter_by(metrics_text: str, family_name: str, label: str, **match: str) -> dict[str, float]:
     """A counter family's totals by one label's value, summed over the rest (and over the
     server processes); only samples whose labels equal `match`."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(_scrape(metrics_port)):
+    for family in text_string_to_metric_families(metrics_text):
         if family.name != family_name:
             continue
         for sample in family.samples:
@@ -396,10 +394,16 @@ def counter_by(
     return out
 
 
-def server_requests(metrics_port: int | None) -> dict[str, float]:
-    """TagVideo RPCs answered so far by each server process (the merged metrics' `server`
-    label; "0" for a single process)."""
-    return counter_by(metrics_port, "vidtag_requests", "server", method="TagVideo")
+def readings(metrics_port: int | None) -> dict[str, Any]:
+    """One scrape of the server's metrics: its event-loop lag (`loop_lag`), TagVideo RPCs
+    answered so far by each server process (the merged metrics' `server` label; "0" for a
+    single process) and clips decoded by shares."""
+    text = _scrape(metrics_port)
+    return {
+        "lag": loop_lag(text),
+        "answered": counter_by(text, "vidtag_requests", "server", method="TagVideo"),
+        "shares": counter_by(text, "vidtag_decode_shares", "shares"),
+    }
 
 
 def split_share(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -594,9 +598,7 @@ class Load:
         if requests is not None:
             reqs = [requests // n + (i < requests % n) for i in range(n)]
         srv0 = cpu_seconds(server_pid) if server_pid else (0.0, 0.0)
-        lag0 = loop_lag(metrics_port)
-        answered0 = server_requests(metrics_port)
-        shares0 = counter_by(metrics_port, "vidtag_decode_shares", "shares")
+        before = readings(metrics_port)
         t0 = time.monotonic()
         with GpuSampler() as gpu:
             if n == 1 or self.pool is None:
@@ -647,11 +649,10 @@ class Load:
         summary["server_cpu_cores"] = srv  # server and decode worker processes
         summary["decoder_cpu_cores"] = decoders  # the decode worker processes among them
         summary["gpu_utilization_pct"] = gpu.summary()
-        summary["loop_lag"] = lag_summary(lag0, loop_lag(metrics_port))
-        summary["server_spread"] = spread(answered0, server_requests(metrics_port))
-        summary["split_pct"] = split_share(
-            shares0, counter_by(metrics_port, "vidtag_decode_shares", "shares")
-        )
+        after = readings(metrics_port)
+        summary["loop_lag"] = lag_summary(before["lag"], after["lag"])
+        summary["server_spread"] = spread(before["answered"], after["answered"])
+        summary["split_pct"] = split_share(before["shares"], after["shares"])
         return summary
 
 

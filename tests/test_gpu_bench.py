@@ -137,18 +137,18 @@ def test_loop_lag_is_read_from_the_server_metrics() -> None:
     metrics = Metrics()
     port = metrics.serve(0, "127.0.0.1")
     try:
-        assert gpu.loop_lag(port) == (0.0, 0.0, 0.0)
-        before = gpu.loop_lag(port)
+        assert gpu.readings(port)["lag"] == (0.0, 0.0, 0.0)
+        before = gpu.readings(port)["lag"]
         for seconds in (0.001, 0.002, 0.009, 0.04):
             metrics.loop_lag.observe(seconds)
-        after = gpu.loop_lag(port)
+        after = gpu.readings(port)["lag"]
     finally:
         metrics.close()
     lag = gpu.lag_summary(before, after)
     assert lag is not None
     assert lag["mean_ms"] == pytest.approx(13.0) and lag["over_5ms_pct"] == pytest.approx(50.0)
     assert gpu.lag_summary(after, after) is None  # no sample in the step
-    assert gpu.loop_lag(None) is None and gpu.lag_summary(None, after) is None
+    assert gpu.readings(None)["lag"] is None and gpu.lag_summary(None, after) is None
 
 
 @pytest.mark.slow
